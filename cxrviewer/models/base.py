@@ -1,0 +1,59 @@
+"""The contract every model in the zoo keeps, so the viewer, explainers, trainer and OOD guard can treat
+the five attention networks and the plain baselines alike.
+
+- ``forward(x)`` returns logits; ``forward_with_features(x)`` also returns the pooled feature vector the
+  classifier head saw (the OOD guard reuses it: no second pass).
+- ``attention_map()`` returns the spatial attention the last forward computed, (B, h, w), non-negative,
+  or None for models without spatial attention. ``attention_description`` says what it means.
+- ``gradcam_layer()`` names the module Grad-CAM should hook.
+- ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
+  rebuild exactly the same network.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class CXRModel(nn.Module):
+    attention_description: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arch_name: str = ""
+        self.arch_args: dict = {}
+        self.num_classes: int = 0
+        self._last_attention: Optional[torch.Tensor] = None
+
+    # --- to implement -------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> pooled features (B, D), the input of the classifier head."""
+        raise NotImplementedError
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D) -> logits (B, num_classes)."""
+        raise NotImplementedError
+
+    def gradcam_layer(self) -> nn.Module:
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------
+    def forward_with_features(self, x: torch.Tensor) -> tuple:
+        pooled = self.forward_features(x)
+        return self.forward_head(pooled), pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def attention_map(self) -> Optional[torch.Tensor]:
+        return self._last_attention
+
+    def _record_attention(self, amap: Optional[torch.Tensor]) -> None:
+        self._last_attention = None if amap is None else amap.detach()
+
+    @property
+    def has_attention(self) -> bool:
+        return bool(self.attention_description)
