@@ -21,24 +21,44 @@ def apply_window(pixels: np.ndarray, window: Window) -> np.ndarray:
     w = max(float(window.width), 1.0)
     x = np.asarray(pixels, dtype=np.float32)
     fn = (window.function or "LINEAR").upper()
+    # The same float32 operations in the same order as the formulas, but in place on one buffer:
+    # a full-resolution film is 10-40 MB per temporary and render() is on the open-a-film hot path.
     if fn == "SIGMOID":
-        y = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -80, 80)))
+        y = np.subtract(x, c, dtype=np.float32)
+        y *= -4.0
+        y /= w
+        np.clip(y, -80, 80, out=y)
+        np.exp(y, out=y)
+        y += 1.0
+        np.divide(255.0, y, out=y)
     elif fn == "LINEAR_EXACT":
-        y = ((x - c) / w + 0.5) * 255.0
+        y = np.subtract(x, c, dtype=np.float32)
+        y /= w
+        y += 0.5
+        y *= 255.0
     else:  # LINEAR, and anything unknown (the standard's default)
         if w <= 1.0:
-            y = np.where(x > c - 0.5, 255.0, 0.0).astype(np.float32)
-        else:
-            y = ((x - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0
-    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+            return np.where(x > c - 0.5, 255, 0).astype(np.uint8)
+        y = np.subtract(x, c - 0.5, dtype=np.float32)
+        y /= w - 1.0
+        y += 0.5
+        y *= 255.0
+    np.rint(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
 
 
 def apply_voi_lut(pixels: np.ndarray, lut: VoiLut) -> np.ndarray:
     """Map modality values through a VOI LUT; values outside the LUT take its first or last entry."""
     data = np.asarray(lut.data, dtype=np.float32)
     top = float((1 << int(lut.bits)) - 1) if lut.bits else float(max(data.max(), 1.0))
-    idx = np.clip(np.rint(np.asarray(pixels, dtype=np.float64) - lut.first_mapped), 0, len(data) - 1).astype(np.intp)
-    return np.clip(np.rint(data[idx] * (255.0 / max(top, 1.0))), 0, 255).astype(np.uint8)
+    # Scale the (at most 65536-entry) table once, then one gather per pixel; indices in float32 are
+    # exact for every integer a DICOM LUT can address, so no float64 copy of the film is needed.
+    lut8 = np.clip(np.rint(data * np.float32(255.0 / max(top, 1.0))), 0, 255).astype(np.uint8)
+    idx = np.subtract(np.asarray(pixels, dtype=np.float32), np.float32(lut.first_mapped), dtype=np.float32)
+    np.rint(idx, out=idx)
+    np.clip(idx, 0, len(data) - 1, out=idx)
+    return lut8[idx.astype(np.int32)]
 
 
 def full_range_window(pixels: np.ndarray) -> Window:
@@ -80,7 +100,7 @@ def default_window(film: Film) -> Optional[Window]:
     if film.voi_lut is not None:
         return None
     if film.kind == "raster" and film.bits_stored <= 8:
-        return Window(center=127.5, width=256.0, label="Full range")  # identity on 8-bit images
+        return Window(center=128.0, width=256.0, label="Full range")  # exactly the identity on 8-bit images
     return full_range_window(film.pixels)
 
 
