@@ -5,7 +5,7 @@ the five attention networks and the plain baselines alike.
   classifier head saw (the OOD guard reuses it: no second pass).
 - ``attention_map()`` returns the spatial attention the last forward computed, (B, h, w), non-negative,
   or None for models without spatial attention. ``attention_description`` says what it means.
-- ``gradcam_layer()`` names the module Grad-CAM should hook.
+- ``gradcam_layer()`` names the module Grad-CAM should hook (``gradcam_layers()``: one per branch).
 - ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
   rebuild exactly the same network.
 """
@@ -39,6 +39,11 @@ class CXRModel(nn.Module):
 
     def gradcam_layer(self) -> nn.Module:
         raise NotImplementedError
+
+    def gradcam_layers(self) -> list:
+        """Every layer worth a Grad-CAM, first = :meth:`gradcam_layer`. Multi-branch models (Fusion-TL's
+        three extractors) list one per branch so an explainer can combine them."""
+        return [self.gradcam_layer()]
 
     # --- shared ----------------------------------------------------------------------------------
     def forward_with_features(self, x: torch.Tensor) -> tuple:
