@@ -1,0 +1,271 @@
+"""The window's one door to the Qt-free core: films, models, devices, predictions, explanations.
+
+Everything here may run on a worker thread and is imported lazily, so the window can be shown before
+torch (or pydicom) is imported. The window talks to a :class:`Backend`; tests hand it a fake one (a slow
+predictor, a failing model) without monkeypatching the core. The adapters are tolerant of small API
+differences in ``model_store`` / ``inference`` / ``explain`` so the viewer degrades to "no model installed"
+instead of failing when a piece is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelChoice:
+    """A model as the selector shows it; ``entry`` is model_store's own record."""
+
+    key: str
+    display_name: str
+    classes: list
+    source: str = ""
+    path: str = ""
+    arch: str = ""
+    metadata: dict = field(default_factory=dict)
+    entry: Any = None
+
+    def tooltip(self) -> str:
+        return f"{self.display_name}\nClasses: {', '.join(self.classes)}\nSource: {self.source}\n{self.path}"
+
+    def label(self) -> str:
+        version = self.metadata.get("version")
+        return f"{self.display_name}" + (f" · v{version}" if version else "")
+
+
+@dataclass
+class PredictionResult:
+    """A prediction in plain types, tagged with the film it belongs to."""
+
+    film_key: str
+    model_key: str
+    classes: list
+    probs: list
+    top_class: str
+    attention: Optional[np.ndarray] = None  # model space (h, w), or None
+    geometry: Any = None
+    notices: list = field(default_factory=list)
+    raw: Any = None
+
+
+def choice_from_entry(entry) -> ModelChoice:
+    card = getattr(entry, "card", None) or {}
+    meta = dict(getattr(entry, "metadata", None) or {})
+    if not meta:
+        if isinstance(card, dict) and ("format_version" in card or "arch" in card or "classes" in card):
+            meta = dict(card)
+        else:
+            meta = {"card": card}
+    name = str(getattr(entry, "name", "") or meta.get("name") or Path(str(getattr(entry, "path", "model"))).stem)
+    classes = list(getattr(entry, "classes", None) or meta.get("classes") or [])
+    return ModelChoice(
+        key=name,
+        display_name=str(getattr(entry, "display_name", "") or meta.get("display_name") or name),
+        classes=[str(c) for c in classes],
+        source=str(getattr(entry, "source", "") or ""),
+        path=str(getattr(entry, "path", "") or ""),
+        arch=str(getattr(entry, "arch", "") or meta.get("arch") or ""),
+        metadata=meta,
+        entry=entry,
+    )
+
+
+class Backend:
+    """The real core. Methods taking ``ctx`` run on workers (see :mod:`cxrviewer.gui.jobs`)."""
+
+    def __init__(self, max_pixels: Optional[int] = None):
+        self.max_pixels = max_pixels
+        self._cache = None
+        self._expl_cache = None
+        self._lock = threading.Lock()
+        self._infer_lock = threading.RLock()
+        self.problems: list = []
+        self.device_notices: list = []
+        self.device_text = ""
+
+    # ------------------------------------------------------------------------------------ films
+    def load_film(self, ctx, path):
+        from cxrviewer.film.loader import load_film
+
+        return load_film(path, max_pixels=self.max_pixels) if self.max_pixels else load_film(path)
+
+    def list_folder(self, ctx, folder) -> list:
+        try:
+            from cxrviewer.film.loader import iter_films
+
+            return [str(p) for p in iter_films(folder)]
+        except ImportError:
+            return [str(p) for p in sorted(Path(folder).rglob("*")) if is_supported(p)]
+
+    # ----------------------------------------------------------------------------------- models
+    def discover(self) -> list:
+        """Installed and bundled models; [] when the model store is not there (the "no model" state).
+
+        Files that could not be used are kept in ``self.problems`` (path, reason) for the selector's hint.
+        """
+        self.problems = []
+        try:
+            from cxrviewer import model_store
+        except ImportError:
+            return []
+        try:
+            found = model_store.discover_models()
+        except Exception as exc:  # noqa: BLE001  (a broken model folder must not stop the viewer)
+            log.warning("model discovery failed: %s", exc)
+            return []
+        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], list):
+            entries, self.problems = found
+        else:
+            entries = found
+        return [choice_from_entry(e) for e in entries]
+
+    def default_key(self, choices) -> Optional[str]:
+        try:
+            from cxrviewer import model_store
+
+            e = model_store.default_model_entry([c.entry for c in choices if c.entry is not None] or None)
+            if e is not None:
+                return choice_from_entry(e).key
+        except Exception:  # noqa: BLE001
+            pass
+        return choices[0].key if choices else None
+
+    def install(self, path) -> ModelChoice:
+        """File > Open model…: validated and copied into the user's model folder by model_store."""
+        from cxrviewer import model_store
+
+        return choice_from_entry(model_store.install_model(path))
+
+    def find(self, name_or_path) -> ModelChoice:
+        """``--model``: an installed model's name, or a checkpoint file used where it is."""
+        from cxrviewer import model_store
+
+        return choice_from_entry(model_store.find_model(name_or_path))
+
+    def load_predictor(self, ctx, choice: ModelChoice, device_pref: Optional[str]):
+        """Load (or fetch from the cache) a model on the chosen device: torch is first imported here."""
+        from cxrviewer import device as devmod
+        from cxrviewer import model_store
+
+        with self._lock:
+            if self._cache is None:
+                self._cache = model_store.ModelCache()
+            cache = self._cache
+        notices: list = []
+        dev = devmod.select_device(device_pref, notices=notices)
+        predictor = cache.get(choice.entry if choice.entry is not None else choice.path, dev)
+        pdev = getattr(predictor, "device", dev)
+        try:
+            text = devmod.describe_device(pdev)
+        except Exception:  # noqa: BLE001
+            text = str(pdev)
+        self.device_text = text
+        self.device_notices = notices
+        return predictor, text
+
+    def predict(self, ctx, predictor, film, film_key: str, model_key: str) -> PredictionResult:
+        # one forward at a time per process: the worklist batch and the current film share the model,
+        # and attention maps are read from the model right after its forward pass
+        with self._infer_lock:
+            pred = predictor.predict_film(film)
+        return prediction_result(pred, film_key, model_key)
+
+    def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
+                out_side: int = 1024, cache_key=None):
+        """An overlay-ready explanation: (Explanation-like object, film-grid map at preview size, signed).
+
+        The map is resampled through the preprocessing's exact inverse onto a grid of at most
+        ``out_side`` pixels a side with the film's field of view; the overlay is drawn stretched over the
+        film, so this looks the same as full resolution and keeps 3000×3000 films quick.
+        """
+        h, w = film.shape
+        s = min(1.0, out_side / max(h, w))
+        out_shape = (max(1, round(h * s)), max(1, round(w * s)))
+        class_index = None
+        if target_class in prediction.classes:
+            class_index = prediction.classes.index(target_class)
+        try:
+            import cxrviewer.explain as ex
+        except ImportError:
+            ex = None
+        if ex is None or not hasattr(ex, "explain"):
+            if method != "attention":
+                raise ValueError(f"{method} explanations are not available in this build")
+            if prediction.attention is None:
+                raise ValueError("this model has no spatial attention map; try Grad-CAM")
+            return None, film_space(prediction.attention, prediction.geometry, film.shape, out_side), False
+        with self._lock:
+            if self._expl_cache is None:
+                self._expl_cache = ex.ExplanationCache()
+        with self._infer_lock:
+            expl = ex.explain(
+                predictor, film, method, class_index=class_index,
+                progress=lambda f: ctx.report(("progress", float(f))),
+                cancel=lambda: ctx.cancelled, prediction=prediction.raw, cache=self._expl_cache,
+                on_coarse=lambda e: ctx.report(("coarse", cache_key, e, np.asarray(e.film_map(out_shape), np.float32),
+                                                bool(getattr(e, "signed", True)))),
+            )
+        heat = np.asarray(expl.film_map(out_shape), dtype=np.float32)
+        try:  # colour maps come from matplotlib: import it here, not on the GUI thread's first draw
+            from cxrviewer.explain import overlay
+
+            overlay.heatmap_rgba(np.zeros((2, 2), np.float32))
+        except Exception:  # noqa: BLE001
+            pass
+        return expl, heat, bool(getattr(expl, "signed", method == "lime"))
+
+
+def prediction_result(pred, film_key: str, model_key: str) -> PredictionResult:
+    classes = [str(c) for c in getattr(pred, "classes", [])]
+    probs = [float(p) for p in np.asarray(getattr(pred, "probs", []), dtype=np.float64).ravel()]
+    top = getattr(pred, "top_class", None) or (classes[int(np.argmax(probs))] if probs else "")
+    att = getattr(pred, "attention", None)
+    if att is not None:
+        if hasattr(att, "detach"):
+            att = att.detach().float().cpu().numpy()
+        att = np.asarray(att, dtype=np.float32)
+        while att.ndim > 2:
+            att = att[0]
+    return PredictionResult(
+        film_key=film_key, model_key=model_key, classes=classes, probs=probs, top_class=str(top),
+        attention=att, geometry=getattr(pred, "geometry", None),
+        notices=[str(n) for n in (getattr(pred, "notices", None) or [])], raw=pred,
+    )
+
+
+def film_space(model_map: np.ndarray, geometry, film_shape: tuple, max_side: int = 1024) -> np.ndarray:
+    """Model-space map -> film grid through the exact inverse of the preprocessing fit.
+
+    Computed on a grid of at most ``max_side`` pixels a side (same field of view): the overlay is drawn
+    stretched over the film, so this is visually identical and keeps a 3000×3000 film quick.
+    """
+    h, w = film_shape
+    s = min(1.0, max_side / max(h, w))
+    out_shape = (max(1, round(h * s)), max(1, round(w * s)))
+    if geometry is None:
+        from PIL import Image
+
+        img = Image.fromarray(np.asarray(model_map, dtype=np.float32), mode="F")
+        return np.asarray(img.resize((out_shape[1], out_shape[0]), Image.BILINEAR), dtype=np.float32)
+    return geometry.to_film(model_map, out_shape)
+
+
+_EXTS = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def is_supported(path) -> bool:
+    try:
+        from cxrviewer.film.loader import is_supported_path
+
+        return bool(is_supported_path(path))
+    except ImportError:
+        p = Path(path)
+        return p.is_file() and (p.suffix.lower() in _EXTS or p.suffix == "")

@@ -1,0 +1,121 @@
+"""One bar per class, highest first, the top one highlighted, the model's name beside them.
+
+Painted by hand rather than with QProgressBars so the layout stays compact and legible in a dark theme,
+and so a click on a bar can choose the class to explain.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QPainter
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from cxrviewer.gui import viewmath as vm
+
+BAR_H = 22
+GAP = 6
+
+
+class ProbabilityPanel(QWidget):
+    classClicked = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.pairs: list = []
+        self.model_label = ""
+        self.state = "nomodel"  # nomodel | idle | busy | ready | error
+        self.message = "No model installed"
+        self.selected: Optional[str] = None
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
+        self.setMinimumWidth(220)
+        self._update_height()
+
+    # ------------------------------------------------------------------------------------------
+    def set_no_model(self, message: str = "No model installed") -> None:
+        self.state, self.message, self.pairs = "nomodel", message, []
+        self._update_height()
+
+    def set_idle(self, model_label: str, message: str = "Open a film to see the model's reading") -> None:
+        self.state, self.message, self.pairs, self.model_label = "idle", message, [], model_label
+        self._update_height()
+
+    def set_busy(self, model_label: str, message: str = "Analysing…") -> None:
+        self.state, self.message, self.model_label = "busy", message, model_label
+        self.pairs = []
+        self._update_height()
+
+    def set_error(self, message: str) -> None:
+        self.state, self.message, self.pairs = "error", message, []
+        self._update_height()
+
+    def set_probabilities(self, classes, probs, model_label: str) -> None:
+        self.pairs = vm.sorted_probabilities(classes, probs)
+        self.model_label = model_label
+        self.state, self.message = "ready", ""
+        self.selected = None
+        self._update_height()
+
+    def top(self) -> Optional[tuple]:
+        return self.pairs[0] if self.pairs else None
+
+    # ------------------------------------------------------------------------------------------
+    def _update_height(self) -> None:
+        n = len(self.pairs)
+        h = 28 + (n * (BAR_H + GAP) if n else 76)
+        self.setFixedHeight(h)
+        self.update()
+
+    def mousePressEvent(self, event) -> None:
+        y = event.position().y() - 28
+        if y >= 0 and self.pairs:
+            i = int(y // (BAR_H + GAP))
+            if 0 <= i < len(self.pairs):
+                self.selected = self.pairs[i][0]
+                self.classClicked.emit(self.selected)
+                self.update()
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing)
+        w = self.width()
+        small = QFont(self.font())
+        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.9))
+        p.setFont(small)
+        p.setPen(QColor(140, 150, 160))
+        p.drawText(QRectF(0, 0, w, 22), Qt.AlignLeft | Qt.AlignVCenter | Qt.TextSingleLine,
+                   self.model_label if self.state != "nomodel" else "")
+        if not self.pairs:
+            col = QColor(230, 120, 90) if self.state == "error" else QColor(170, 178, 186)
+            p.setPen(col)
+            p.setFont(self.font())
+            p.drawText(QRectF(0, 28, w, 76), Qt.AlignLeft | Qt.AlignTop | Qt.TextWordWrap, self.message)
+            p.end()
+            return
+        y = 28
+        label_w = min(160, int(w * 0.45))
+        bar_x = label_w + 6
+        bar_w = max(20, w - bar_x - 52)
+        bold = QFont(self.font())
+        bold.setBold(True)
+        for i, (name, prob) in enumerate(self.pairs):
+            top = i == 0
+            chosen = self.selected == name
+            p.setFont(bold if top else self.font())
+            p.setPen(QColor(235, 240, 245) if top else QColor(190, 196, 202))
+            p.drawText(QRectF(0, y, label_w, BAR_H), Qt.AlignLeft | Qt.AlignVCenter | Qt.TextSingleLine,
+                       p.fontMetrics().elidedText(name, Qt.ElideRight, label_w))
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(40, 44, 50))
+            p.drawRoundedRect(QRectF(bar_x, y + 4, bar_w, BAR_H - 8), 3, 3)
+            p.setBrush(QColor(64, 156, 255) if top else QColor(110, 122, 138))
+            p.drawRoundedRect(QRectF(bar_x, y + 4, max(2.0, bar_w * prob), BAR_H - 8), 3, 3)
+            if chosen:
+                p.setPen(QColor(255, 196, 90))
+                p.setBrush(Qt.NoBrush)
+                p.drawRoundedRect(QRectF(bar_x - 1, y + 3, bar_w + 2, BAR_H - 6), 3, 3)
+            p.setPen(QColor(235, 240, 245) if top else QColor(190, 196, 202))
+            p.drawText(QRectF(bar_x + bar_w + 4, y, 48, BAR_H), Qt.AlignRight | Qt.AlignVCenter, f"{prob * 100:.1f}%")
+            y += BAR_H + GAP
+        p.end()
