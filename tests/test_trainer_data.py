@@ -1,0 +1,202 @@
+"""Data folders, refusals, patient-grouped splits, the shared preprocessing, augmentation and recipes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _trainer_synth import CLASSES, make_dataset, pattern, snapshot
+from trainer import data as D
+from trainer.augment import Augmenter, random_erasing, sample_generator
+from trainer.recipes import RECIPES, Recipe, apply_overrides, get_recipe
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synth") / "data")
+
+
+def test_scan_counts_classes_and_problems(dataset):
+    scan = D.scan_dataset(dataset)
+    assert scan["ok"] and scan["kind"] == "folders"
+    assert scan["classes"] == list(CLASSES)
+    assert scan["counts"] == {"Alpha": 25, "Beta": 25, "Gamma": 24}  # DICOM counted in Alpha, broken.png in Beta
+    assert scan["total"] == 74
+
+
+def test_decode_skips_unreadable_reads_dicom_patient_and_writes_nothing(dataset):
+    before = snapshot(dataset)
+    fs = D.decode(D.discover(dataset), 32)
+    assert snapshot(dataset) == before
+    assert [rel for rel, _ in fs.skipped] == ["Beta/broken.png"]
+    assert len(fs.rels) == 73 and fs.images.shape == (73, 32, 32) and fs.images.dtype == np.uint8
+    i = fs.rels.index("Alpha/scan.dcm")
+    assert fs.groups[i] == D._patient_key("SYNTH-0042")  # from the DICOM header, hashed
+    assert "SYNTH-0042" not in json.dumps(D.split_to_json(fs, np.zeros(len(fs.rels), int), 0, (0.7, 0.2, 0.1)))
+    assert len(fs.fingerprint()) == 64
+
+
+def test_refusals_have_clear_messages(tmp_path):
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "notes.txt").write_text("hi")
+    with pytest.raises(D.DataError, match="no films found"):
+        D.discover(tmp_path / "none")
+    one = tmp_path / "one"
+    make_dataset(one, per_class=4, dicom=False, corrupt=False)
+    for c in CLASSES[1:]:
+        for p in (one / c).iterdir():
+            p.unlink()
+        (one / c).rmdir()
+    with pytest.raises(D.DataError, match="only one class"):
+        D.discover(one)
+    empty = tmp_path / "empty"
+    make_dataset(empty, per_class=4, dicom=False, corrupt=False)
+    for p in (empty / "Beta").iterdir():
+        p.unlink()
+    with pytest.raises(D.DataError, match="'Beta' has no films"):
+        D.discover(empty)
+    assert D.scan_dataset(empty)["ok"] is False and "Beta" in D.scan_dataset(empty)["error"]
+    with pytest.raises(D.DataError, match="does not exist"):
+        D.discover(tmp_path / "missing")
+    # every film of a class unreadable: refused at decode time, naming the class
+    bad = tmp_path / "bad"
+    make_dataset(bad, per_class=4, dicom=False, corrupt=False)
+    for p in (bad / "Gamma").iterdir():
+        p.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(D.DataError, match="'Gamma' is unreadable"):
+        D.decode(D.discover(bad), 32)
+
+
+def test_split_is_grouped_stratified_and_reproducible(dataset):
+    src = D.discover(dataset, patient_pattern=r"pat(\d+)_")
+    fs = D.decode(src, 32)
+    ids = D.split_films(fs, (0.7, 0.2, 0.1), seed=3)
+    assert np.array_equal(ids, D.split_films(fs, (0.7, 0.2, 0.1), seed=3))
+    assert not np.array_equal(ids, D.split_films(fs, (0.7, 0.2, 0.1), seed=4))
+    where = {}
+    for g, s in zip(fs.groups, ids):
+        where.setdefault(g, set()).add(int(s))
+    assert all(len(s) == 1 for s in where.values())  # no patient in two splits
+    assert sum(1 for g in where if g.startswith("p:")) == 37  # 36 pattern patients + the DICOM's
+    for c in range(3):
+        n = (fs.labels == c).sum()
+        counts = [((fs.labels == c) & (ids == s)).sum() for s in range(3)]
+        assert abs(counts[0] - 0.7 * n) <= 2 and abs(counts[1] - 0.2 * n) <= 2 and counts[2] >= 1
+    # saved and reloaded: identical
+    back = D.split_from_json(fs, json.loads(json.dumps(D.split_to_json(fs, ids, 3, (0.7, 0.2, 0.1)))))
+    assert np.array_equal(back, ids)
+
+
+def test_group_split_keeps_large_patients_whole():
+    labels = np.array([0] * 30 + [1] * 30)
+    groups = [f"a{i // 6}" for i in range(30)] + [f"b{i // 3}" for i in range(30)]
+    ids = D.stratified_group_split(labels, groups, (0.7, 0.2, 0.1), seed=0)
+    for g in set(groups):
+        assert len(set(ids[[i for i, x in enumerate(groups) if x == g]])) == 1
+    assert set(ids[labels == 0]) >= {0, 1} and set(ids[labels == 1]) >= {0, 1}
+
+
+def test_csv_and_presplit_layouts(dataset, tmp_path):
+    rows = ["path,label,patient"]
+    for c in CLASSES:
+        for p in sorted((dataset / c).glob("pat*.png")):
+            rows.append(f"{p.relative_to(dataset).as_posix()},{c},{p.name.split('_')[0]}")
+    rows.append("Alpha/missing.png,Alpha,x")
+    # paths are relative to the CSV's own folder
+    inside = dataset / "labels.csv"
+    try:
+        inside.write_text("\n".join(rows))
+        src = D.discover(inside)
+    finally:
+        inside.unlink()
+    assert src.kind == "csv" and src.classes == list(CLASSES) and len(src.samples) == 72
+    assert any("missing.png" in p for p in src.problems)
+    assert src.samples[0].patient == "pat0000"
+
+    pre = tmp_path / "pre"
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        for ci, c in enumerate(CLASSES[:2]):
+            d = pre / split / c
+            d.mkdir(parents=True)
+            rng = np.random.default_rng(ci)
+            for i in range(n):
+                Image.fromarray(pattern(ci, rng, 32)).save(d / f"{split}{i}.png")
+    scan = D.scan_dataset(pre)
+    assert scan["ok"] and scan["kind"] == "presplit" and scan["split_counts"]["val"] == {"Alpha": 2, "Beta": 2}
+    fs = D.decode(D.discover(pre), 32)
+    ids = D.split_films(fs, (0.7, 0.2, 0.1), 0)
+    assert np.bincount(ids).tolist() == [12, 4, 4]
+
+
+def test_training_tensor_equals_the_viewers_preprocessing(dataset):
+    from cxrviewer.film.loader import load_film
+    from cxrviewer.preprocess import PreprocessSpec, preprocess_film
+    from trainer.loop import Normaliser
+
+    spec = PreprocessSpec(input_size=40)
+    fs = D.decode(D.discover(dataset), 40)
+    for rel in ("Alpha/scan.dcm", "Gamma/pat2000_0.png"):
+        i = fs.rels.index(rel)
+        ours = Normaliser(spec.mean, spec.std)(torch.from_numpy(fs.images[[i]]).unsqueeze(1))[0].numpy()
+        ref, _ = preprocess_film(load_film(dataset / rel), spec)
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    r = apply_overrides(get_recipe("seed002"), {"augment": ("crop", "hflip", "vflip", "rotate", "affine", "erase")})
+    aug = Augmenter(r)
+    img = torch.from_numpy(pattern(2, np.random.default_rng(0), 48)).unsqueeze(0)
+    a = aug(img, sample_generator(1, 2, 3))
+    assert a.dtype == torch.uint8 and a.shape == img.shape
+    assert torch.equal(a, aug(img, sample_generator(1, 2, 3)))
+    assert not torch.equal(a, aug(img, sample_generator(1, 3, 3)))
+
+
+def test_random_erasing_box_fits_and_follows_parameters():
+    img = torch.zeros(1, 40, 60, dtype=torch.uint8)
+    areas = []
+    for i in range(50):
+        out = random_erasing(img, sample_generator(0, 0, i), p=1.0, sl=0.02, sh=0.4, r1=0.3)
+        changed = out[0] != 0
+        if changed.any():
+            rows, cols = torch.nonzero(changed, as_tuple=True)
+            areas.append(((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)).item() / (40 * 60))
+    assert len(areas) >= 45 and min(areas) >= 0.005 and max(areas) <= 0.45
+    assert torch.equal(random_erasing(img, sample_generator(0, 0, 0), p=0.0, sl=0.02, sh=0.4, r1=0.3), img)
+
+
+def test_recipes_presets_and_overrides():
+    assert {"seed000", "seed001", "seed002", "seed003", "seed004", "smoke"} <= set(RECIPES)
+    r3 = get_recipe("seed003")
+    assert (r3.optimizer, r3.lr, r3.momentum, r3.step_size, r3.early_stop_patience) == ("sgd", 0.01, 0.9, 10, 10)
+    assert get_recipe("seed000").augment == ("erase", "hflip") and get_recipe("seed004").loss == "nll"
+    r = apply_overrides(r3, ["lr=1e-4", "augment=hflip,erase", "split=0.8,0.1,0.1", "pretrained=false", "epochs=7"])
+    assert (r.lr, r.augment, r.split, r.pretrained, r.epochs) == (1e-4, ("hflip", "erase"), (0.8, 0.1, 0.1), False, 7)
+    assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    with pytest.raises(ValueError, match="unknown recipe field 'lrr'"):
+        apply_overrides(r3, ["lrr=1"])
+    with pytest.raises(ValueError, match="optimizer"):
+        apply_overrides(r3, ["optimizer=lion"])
+    with pytest.raises(ValueError, match="expected a number"):
+        apply_overrides(r3, ["lr=fast"])
+
+
+def test_balanced_sampler_weights_and_epoch_order():
+    from trainer.loop import batch_slices, class_weights, epoch_order
+
+    labels = np.array([0] * 90 + [1] * 10)
+    drawn = epoch_order(len(labels), labels, epoch=1, seed=0, balance="sampler", n_classes=2)
+    share = (labels[drawn] == 1).mean()
+    assert 0.35 < share < 0.65  # balanced, where plain shuffling would give 0.1
+    perm = epoch_order(len(labels), labels, epoch=1, seed=0, balance="none", n_classes=2)
+    assert sorted(perm.tolist()) == list(range(100))
+    assert np.array_equal(perm, epoch_order(len(labels), labels, 1, 0, "none", 2))
+    assert not np.array_equal(perm, epoch_order(len(labels), labels, 2, 0, "none", 2))
+    w = class_weights(labels, 2)
+    assert w.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
+    assert batch_slices(17, 8) == [(0, 8), (8, 16)]  # a lone last film is dropped (BatchNorm)
+    assert batch_slices(18, 8) == [(0, 8), (8, 16), (16, 18)]

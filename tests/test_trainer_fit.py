@@ -1,0 +1,176 @@
+"""Training end to end on CPU: it learns, it writes a complete run folder, it resumes exactly, DDP runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _trainer_synth import make_dataset, snapshot
+from trainer.cli import main
+from trainer.loop import FitOptions, TrainingInterrupted, fit
+from trainer.progress import Progress, parse_line
+from trainer.recipes import apply_overrides, get_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = apply_overrides(get_recipe("smoke"), {"input_size": 40, "batch_size": 8, "epochs": 4,
+                                               "augment": ("hflip", "rotate", "erase")})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two cores shared by several jobs: one intra-op thread is both faster and bit-reproducible here."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("fitdata") / "data")
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset, tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    before = snapshot(dataset)
+    events = out.parent / "full.jsonl"
+    prog = Progress.from_target(str(events), quiet=True)
+    res = fit(FitOptions(data=dataset, out=out, recipe=RECIPE, arch="mobilenet_lung", seed=1, pretrained="none",
+                         command="cxr-train fit (test)"), prog)
+    prog.close()
+    return res, [parse_line(x) for x in events.read_text().splitlines()], before
+
+
+def test_fit_learns_and_writes_a_complete_run(full_run, dataset):
+    from cxrviewer.checkpoint import load_checkpoint
+
+    res, events, before = full_run
+    assert snapshot(dataset) == before  # nothing written into the data folder
+    m = res.metrics
+    assert m["val"]["accuracy"] >= 0.6 and m["test"]["accuracy"] >= 0.6  # chance is 1/3
+    for name in ("best.safetensors", "last.safetensors", "resume.safetensors", "metrics.json", "split.json",
+                 "command.txt", "recipe.json", "data.json", "report.md", "plots/history.png", "plots/test_roc.png",
+                 "plots/test_confusion.png", "plots/test_reliability.png"):
+        assert (res.run_dir / name).is_file(), name
+    model, card = load_checkpoint(res.checkpoint)
+    assert card["classes"] == ["Alpha", "Beta", "Gamma"] and card["preprocess"]["input_size"] == 40
+    assert card["temperature"] == pytest.approx(res.temperature) and res.temperature > 0
+    assert card["training"]["data_fingerprint"] == json.loads((res.run_dir / "data.json").read_text())["data_fingerprint"]
+    assert card["training"]["recipe"]["augment"] == ["hflip", "rotate", "erase"]
+    report = (res.run_dir / "report.md").read_text()
+    assert "Beta/broken.png" in report and "Test split" in report and "Calibration" in report
+    metrics = json.loads((res.run_dir / "metrics.json").read_text())
+    assert metrics["test"]["ece_after_temperature"] is not None and len(metrics["history"]) == 4
+    kinds = [e["event"] for e in events]
+    assert kinds.count("epoch") == 4 and kinds[-1] == "done" and "start" in kinds and "step" in kinds
+    step = next(e for e in events if e["event"] == "step")
+    assert {"epoch", "epochs", "step", "steps", "loss", "acc", "eta_s"} <= set(step)
+
+
+def test_resume_after_interruption_equals_uninterrupted(full_run, dataset, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    res, _, _ = full_run
+    out = tmp_path / "interrupted"
+    opts = FitOptions(data=dataset, out=out, recipe=RECIPE, arch="mobilenet_lung", seed=1, pretrained="none",
+                      stop_after_epoch=2)
+    with pytest.raises(TrainingInterrupted):
+        fit(opts)
+    assert json.loads((out / "resume.json").read_text())["info"]["epoch"] == 2
+    opts.stop_after_epoch, opts.resume = None, True
+    resumed = fit(opts)
+    for name in ("last.safetensors", "best.safetensors"):
+        a, b = load_file(str(res.run_dir / name)), load_file(str(out / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k}"
+    a, b = load_file(str(res.run_dir / "resume.safetensors")), load_file(str(out / "resume.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # optimizer moments too
+    strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert strip(resumed.history) == strip(res.history)
+    assert resumed.temperature == res.temperature
+
+
+def test_cli_refusals_and_evaluate(full_run, dataset, tmp_path, capsys):
+    res, _, _ = full_run
+    single = tmp_path / "single" / "OnlyClass"
+    single.mkdir(parents=True)
+    (single / "a.png").write_bytes((dataset / "Alpha" / "pat0000_0.png").read_bytes())
+    assert main(["fit", str(single.parent), "--out", str(tmp_path / "r1"), "--recipe", "smoke"]) == 2
+    assert "only one class" in capsys.readouterr().err
+    assert main(["fit", str(dataset), "--out", str(tmp_path / "r2"), "--resume", "--recipe", "smoke"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["fit", str(dataset), "--set", "nosuch=1"]) == 2
+    assert main(["recipes", "seed003"]) == 0 and "SGD lr 0.01" in capsys.readouterr().out
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(res.checkpoint), str(dataset), "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test"]["n"] == 73 and m["test"]["accuracy"] >= 0.6
+    assert m["skipped"][0]["path"] == "Beta/broken.png"
+    assert (out / "report.md").read_text().count("this is the data the model was trained on") == 1
+
+
+def test_ddp_two_cpu_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trainer",
+           "fit", str(dataset), "--arch", "mobilenet_lung", "--recipe", "smoke", "--pretrained", "none",
+           "--set", "input_size=32", "--epochs", "2", "--batch-size", "8", "--out", str(out),
+           "--progress-jsonl", str(tmp_path / "ddp.jsonl"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [parse_line(x) for x in (tmp_path / "ddp.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["world_size"] == 2
+    assert sum(e["event"] == "start" for e in events) == 1  # rank 0 alone reports
+    assert [e["event"] for e in events].count("epoch") == 2 and events[-1]["event"] == "done"
+    assert (out / "best.safetensors").is_file() and (out / "report.md").is_file()
+
+
+def test_state_writes_are_atomic_and_damaged_state_is_refused(full_run, tmp_path, monkeypatch):
+    from trainer import state as S
+
+    target = tmp_path / "f.bin"
+    S.atomic_write_bytes(target, b"old")
+
+    def killed(src, dst):
+        raise OSError("killed mid-write")
+
+    with monkeypatch.context() as m:
+        m.setattr(S.os, "replace", killed)
+        with pytest.raises(OSError):
+            S.atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+    res, _, _ = full_run
+    run = tmp_path / "run"
+    run.mkdir()
+    blob = (res.run_dir / S.STATE_FILE).read_bytes()
+    (run / S.STATE_FILE).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(S.StateError, match="damaged"):
+        S.load_state(run)
+    meta, model_state, opt_state = S.load_state(res.run_dir)
+    assert meta["info"]["epoch"] == 4 and opt_state["state"] and "classifier.weight" in model_state
+
+
+def test_compare_trains_each_architecture_on_one_split(dataset, tmp_path, one_thread):
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(dataset), "--archs", "mobilenet_lung,mobilenetv2", "--recipe", "smoke", "--pretrained",
+               "none", "--set", "input_size=32", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"])
+    assert rc == 0
+    table = json.loads((out / "compare.json").read_text())
+    assert [r["arch"] for r in table["rows"]] == ["mobilenet_lung", "mobilenetv2"]
+    assert all(r["accuracy"] is not None and r["params"] > 1e6 for r in table["rows"])
+    shared = json.loads((out / "split.json").read_text())["films"]
+    for arch in ("mobilenet_lung", "mobilenetv2"):
+        assert json.loads((out / arch / "split.json").read_text())["films"] == shared
+    md = (out / "compare.md").read_text()
+    assert "| mobilenet_lung |" in md and "| mobilenetv2 |" in md
