@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="1600x1000", metavar="WxH", help="window size for --screenshot (default 1600x1000)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up a --screenshot after this many seconds")
     p.add_argument("--version", action="version", version=f"CXR Viewer {__version__}")
+    # --- desktop integration (issue 7) ---------------------------------------------------------------
+    p.add_argument("--new-instance", action="store_true",
+                   help="open a new window even if CXR Viewer is already running (by default the films are "
+                   "handed to the running window)")
+    desk = p.add_mutually_exclusive_group()
+    desk.add_argument("--install-desktop", action="store_true",
+                      help="register CXR Viewer with the Linux desktop for this user (launcher, icons, DICOM "
+                      "file type, default for .dcm/PNG/JPEG) and exit")
+    desk.add_argument("--uninstall-desktop", action="store_true",
+                      help="remove what --install-desktop registered and exit")
     return p
 
 
@@ -65,6 +75,7 @@ def _qt_app():
     from cxrviewer import __version__
 
     app.setApplicationVersion(__version__)
+    app.setDesktopFileName("cxrviewer")  # Wayland app id / X11 startup notification: matches cxrviewer.desktop
     from cxrviewer.gui.theme import apply_theme
 
     apply_theme(app)
@@ -77,7 +88,16 @@ def run(argv=None, backend=None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help / --version / usage errors
         return int(exc.code or 0)
+    if args.install_desktop or args.uninstall_desktop:  # no window, no Qt: a shell command
+        from cxrviewer.desktop import cli_action
+
+        return cli_action("install" if args.install_desktop else "uninstall")
+    if _single_instance_wanted(args) and _hand_over(args.paths):
+        return 0
     app = _qt_app()
+    instance = _become_instance(args)
+    if instance is False:  # another instance came up meanwhile and took the films
+        return 0
     from PySide6.QtGui import QIcon
 
     from cxrviewer.gui.main_window import MainWindow, app_icon_path
@@ -87,6 +107,14 @@ def run(argv=None, backend=None) -> int:
         app.setWindowIcon(QIcon(str(icon)))
     shot = args.screenshot
     win = MainWindow(backend=backend, device=args.device, persist_settings=not shot)
+    if instance is not None:  # before the first processEvents: no hand-over may arrive unconnected
+        from cxrviewer.gui.single_instance import attach_window
+
+        attach_window(instance, win)
+    if not shot:
+        from cxrviewer.gui.single_instance import install_file_open_filter
+
+        install_file_open_filter(app, win)  # macOS Finder's "open this file" events
     if shot:
         try:
             w, h = (int(v) for v in args.size.lower().split("x"))
@@ -118,6 +146,36 @@ def run(argv=None, backend=None) -> int:
     _quit_on_signals(win)
     code = app.exec()
     return int(code)
+
+
+# --- single instance (issue 7) ----------------------------------------------------------------------
+def _single_instance_wanted(args) -> bool:
+    """A file manager's double-click passes only paths. ``--screenshot`` runs are always independent (docs,
+    tests, CI run them in parallel), and so are deliberate command lines that choose a model, device or
+    heatmap: the running window would ignore those choices."""
+    return not (args.new_instance or args.screenshot or args.model or args.device or args.heatmap)
+
+
+def _hand_over(paths) -> bool:
+    """Give the films to a running viewer; True when it took them. Needs QtNetwork only (no torch)."""
+    from cxrviewer.gui.single_instance import send_to_running
+
+    return send_to_running(paths)
+
+
+def _become_instance(args):
+    """The listening server, None when single instance is off or unavailable, False when another
+    instance won a start-up race and took the films (this process then exits)."""
+    if not _single_instance_wanted(args):
+        return None
+    from cxrviewer.gui.single_instance import InstanceServer, send_to_running
+
+    server = InstanceServer()
+    if server.listen():
+        return server
+    if send_to_running(args.paths):
+        return False
+    return None  # cannot listen and nobody answers: run as an independent window
 
 
 def _quit_on_signals(win) -> None:

@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -38,7 +37,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cxrviewer import DISCLAIMER, __version__, paths
+from cxrviewer import DISCLAIMER, paths
+from cxrviewer.film.dicomdir import looks_like_dicomdir
 from cxrviewer.gui import viewmath as vm
 from cxrviewer.gui.backend import Backend, ModelChoice, PredictionResult, is_supported
 from cxrviewer.gui.heatmap_controls import HeatmapControls
@@ -53,7 +53,8 @@ from cxrviewer.gui.worklist import Worklist
 
 log = logging.getLogger(__name__)
 
-FILM_FILTER = "Films (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff *.bmp);;All files (*)"
+FILM_FILTER = ("Films (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;"
+               "DICOMDIR of a CD/DVD (DICOMDIR);;All files (*)")
 MODEL_FILTER = "CXR Viewer models (*.safetensors);;All files (*)"
 
 
@@ -467,6 +468,7 @@ class MainWindow(QMainWindow):
         self._act(f, "&Open films…", self.open_dialog, ["Ctrl+O"])
         self._act(f, "Open &folder…", self.open_folder_dialog, ["Ctrl+Shift+O"])
         self._act(f, "Open sample film", self.open_sample)
+        self._build_recent_menu(f)  # issue 7: File > Open Recent
         f.addSeparator()
         self._act(f, "Open &model…", self.open_model_dialog, ["Ctrl+M"])
         f.addSeparator()
@@ -634,6 +636,10 @@ class MainWindow(QMainWindow):
         Listing runs on a worker: a folder on a slow network share must not freeze the window."""
         items = [Path(p).expanduser().absolute() for p in items]
         if not items:
+            return
+        self.recent.add([p for p in items if p.exists()])  # issue 7: Open Recent
+        if any(looks_like_dicomdir(p) for p in items):  # issue 7: a DICOMDIR opens the images it lists
+            self._open_with_dicomdir(items)
             return
         if self.persist:
             first = items[0]
@@ -1182,7 +1188,10 @@ class MainWindow(QMainWindow):
         self._shortcuts_dialog = dlg
 
     def show_about(self) -> None:
-        QMessageBox.about(self, "About CXR Viewer", f"<b>CXR Viewer {__version__}</b><p>{DISCLAIMER}</p>")
+        """Versions, device and the licences of the bundled models and films (see ``about.py``)."""
+        from cxrviewer.gui.about import show_about
+
+        self._about_dialog = show_about(self)
 
     def save_view_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save view as PNG", str(Path.home() / "cxr-view.png"), "PNG (*.png)")
@@ -1237,6 +1246,55 @@ class MainWindow(QMainWindow):
                            label="Exporting report",
                            on_done=lambda p: self.show_error(f"Saved {Path(p).name}", kind="info"),
                            on_error=lambda msg, exc: self.show_error(f"Export failed: {msg}"))
+
+    # ================================================================ recent files, DICOMDIR (issue 7)
+    def _build_recent_menu(self, file_menu) -> None:
+        from cxrviewer.gui.recent import RecentFiles, connect_window
+
+        self.recent = RecentFiles(self.settings, persist=self.persist, parent=self)
+        self.recent_menu = self.recent.build_menu(file_menu)
+        connect_window(self.recent, self.open_paths, self.show_error)
+
+    def _open_with_dicomdir(self, items: list) -> None:
+        """Read the DICOMDIR(s) on a worker (media can be a slow optical drive), then open the images they
+        list as one worklist; other dropped files and folders join it. A bad DICOMDIR is one message."""
+        if self.persist:
+            self.settings.setValue("lastFolder", str(items[0].parent if items[0].is_file() else items[0]))
+        first = items[0]
+        title = (f"{first.parent.name or 'Media'} (DICOMDIR)" if len(items) == 1 else "Opened films")
+        self.runner.submit("list", self._dicomdir_list_job, items, label="Reading DICOMDIR",
+                           on_done=lambda res: self._dicomdir_listed(res, items, title),
+                           on_error=lambda msg, exc: self.show_error(msg))
+
+    def _dicomdir_list_job(self, ctx, items) -> tuple:  # worker thread
+        from cxrviewer.film.dicomdir import DicomdirError, read_dicomdir
+
+        films, problems, notes = [], [], []
+        for p in items:
+            ctx.check()
+            if looks_like_dicomdir(p):
+                try:
+                    dd = read_dicomdir(p)
+                except DicomdirError as exc:
+                    problems.append(str(exc))
+                    continue
+                films.extend(dd.paths())
+                notes.append(f"{p.parent.name}/{p.name}: {dd.summary()}")
+            elif p.is_dir():
+                films.extend(self.backend.list_folder(ctx, p))
+            else:
+                films.append(str(p))
+        return list(dict.fromkeys(films)), problems, notes
+
+    def _dicomdir_listed(self, result, items: list, title: str) -> None:
+        films, problems, notes = result
+        if problems:
+            self.show_error("; ".join(problems))
+        if films:
+            self._open_list(films, [p for p in items if not looks_like_dicomdir(p)] or items[:1], title)
+            self.worklist_dock.setVisible(True)
+            if notes and not problems:
+                self.show_error("Opened " + "; ".join(notes), kind="info")
 
     # ============================================================================== drops
     def dragEnterEvent(self, event) -> None:
