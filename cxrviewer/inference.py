@@ -1,0 +1,386 @@
+"""Running a checkpoint on films: the exact path the reader sees and the fast path explanations use.
+
+Two paths, on purpose:
+
+- **Exact** (:meth:`Predictor.predict_film`, :meth:`Predictor.predict_batch`): the checkpoint's network as
+  trained, fp32, eval mode, no autograd, NCHW, with the card's calibration temperature. These are the
+  probabilities displayed, so nothing here trades accuracy for speed.
+- **Fast** (:meth:`Predictor.fast_predict_batch`): for LIME and other explanation work that scores hundreds
+  of perturbed copies of one film. A private copy of the network in channels-last layout, run under
+  ``torch.inference_mode`` in chunks; on the CPU it is additionally traced and frozen (batch norm folded
+  into the convolutions), and it uses bf16 autocast only where the hardware computes bf16 natively (CUDA,
+  or a CPU with AVX512-BF16/AMX), because emulated bf16 is slower than fp32; since bf16's effect depends
+  on the network, it is checked against the exact path on the first real inputs and dropped if it would
+  break the tolerance. Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
+  exact path; tests/test_inference.py measures it.
+
+The preprocessing is :func:`cxrviewer.preprocess.preprocess_film`, the trainer's own. A CUDA failure at run
+time (driver reset, out of memory, a GPU that went away) moves the predictor to the CPU, records a notice
+and completes the request there. All public methods hold one lock per predictor: the viewer calls from
+worker threads, and the network records its last attention map on itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cxrviewer.checkpoint import card_spec, load_checkpoint, validate_card
+from cxrviewer.device import cpu_supports_bf16, select_device
+from cxrviewer.preprocess import Geometry, preprocess_film, preprocess_gray
+
+log = logging.getLogger(__name__)
+
+#: Largest absolute probability difference allowed between the fast and the exact path (see module doc).
+FAST_TOLERANCE = 0.02
+EXACT_CHUNK = 32
+FAST_CHUNK_CPU = 16
+FAST_CHUNK_GPU = 64
+
+
+class InferenceError(RuntimeError):
+    """A model ran but its output cannot be used (e.g. not finite)."""
+
+
+@dataclass
+class Prediction:
+    """One film's result. ``probs`` are float64, calibrated, summing to 1; ``logits`` are the raw (before
+    temperature) outputs; ``attention`` is the model's own spatial attention in model-input space (map it
+    onto the film with ``geometry.to_film``), None for models without one."""
+
+    classes: tuple
+    probs: np.ndarray
+    logits: np.ndarray
+    top_index: int
+    top_class: str
+    features: np.ndarray
+    attention: Optional[np.ndarray]
+    geometry: Geometry
+    model_name: str
+    device: str
+    notices: list = field(default_factory=list)
+
+    @property
+    def top_prob(self) -> float:
+        return float(self.probs[self.top_index])
+
+    def ranked(self) -> list:
+        """(class, probability) pairs, most probable first."""
+        order = np.argsort(-self.probs, kind="stable")
+        return [(self.classes[i], float(self.probs[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name,
+            "classes": list(self.classes),
+            "probabilities": [float(p) for p in self.probs],
+            "top_class": self.top_class,
+            "top_probability": self.top_prob,
+            "device": self.device,
+        }
+
+
+def softmax64(logits, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated softmax in float64 (rows sum to 1 to machine precision, as the panel shows them)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _is_device_failure(exc: BaseException) -> bool:
+    # Driver errors, device-side asserts, OOM and "no driver" are RuntimeErrors (AcceleratorError and
+    # OutOfMemoryError derive from it); a CPU-only build raises AssertionError("Torch not compiled with CUDA");
+    # an operator missing on Apple MPS raises NotImplementedError.
+    return isinstance(exc, (RuntimeError, AssertionError, NotImplementedError))
+
+
+class Predictor:
+    """A loaded checkpoint bound to a device. Build with :meth:`from_checkpoint`, or from a model and its
+    card (the trainer does that to evaluate). ``device`` None means automatic (see
+    :func:`cxrviewer.device.select_device`)."""
+
+    def __init__(self, model, card: dict, device=None, *, path=None, notices: Optional[list] = None):
+        self.card = validate_card(card, path)
+        self.spec = card_spec(self.card)
+        self.classes = tuple(self.card["classes"])
+        self.temperature = float(self.card["temperature"])
+        self.model_name = self.card["name"]
+        self.display_name = self.card["display_name"]
+        self.path = Path(path) if path is not None else None
+        self.notices: list = list(notices or [])
+        self.lock = threading.RLock()
+        self.model = model.eval()
+        self._fast = None  # (device, bf16, run, description)
+        self._reduced_ok: Optional[bool] = None  # reduced precision checked on real inputs: None = not yet
+        self.fast_reduced_error: Optional[float] = None  # what that check measured
+        self.device = torch.device("cpu")
+        dev = device if isinstance(device, torch.device) else select_device(device, self.notices)
+        with self.lock:
+            self._move_to(dev)
+
+    # ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path, device=None) -> "Predictor":
+        """Load and check a checkpoint (on the CPU, then moved, so a GPU failure cannot lose it)."""
+        notices: list = []
+        dev = device if isinstance(device, torch.device) else select_device(device, notices)
+        model, card = load_checkpoint(path, "cpu")
+        return cls(model, card, dev, path=path, notices=notices)
+
+    def _notice(self, msg: str) -> None:
+        log.warning(msg)
+        self.notices.append(msg)
+
+    def _move_to(self, dev: torch.device) -> None:
+        try:
+            self.model.to(dev)
+            self.device = dev
+        except Exception as e:
+            if dev.type == "cpu" or not _is_device_failure(e):
+                raise
+            self._notice(f"Could not use {dev} ({_short(e)}); running on the CPU")
+            self.model.to("cpu")
+            self.device = torch.device("cpu")
+        self._fast, self._reduced_ok = None, None
+
+    def _fall_back_to_cpu(self, exc: BaseException) -> None:
+        self._notice(f"The GPU failed ({_short(exc)}); switched to the CPU for this model")
+        self._fast, self._reduced_ok = None, None  # other hardware: check reduced precision afresh
+        try:
+            self.model.to("cpu")
+        except Exception:  # a dead CUDA context can fail the copy back; reload from the file then
+            if self.path is None:
+                raise
+            self.model, _ = load_checkpoint(self.path, "cpu")
+        self.device = torch.device("cpu")
+
+    def _to_device(self, t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        return t.to(dev, non_blocking=dev.type == "cuda")
+
+    def _guarded(self, fn):
+        """Run ``fn(device)``; on a GPU failure move to the CPU and run it again there."""
+        dev = self.device
+        try:
+            return fn(dev)
+        except Exception as e:
+            if dev.type == "cpu" or not _is_device_failure(e):  # CUDA, and MPS likewise
+                raise
+            self._fall_back_to_cpu(e)
+            return fn(self.device)
+
+    # ---------------------------------------------------------------------------------------------
+    def preprocess(self, film) -> tuple:
+        """The model input for a film, (3, S, S) float32, and its Geometry (the shared preprocessing)."""
+        return preprocess_film(film, self.spec)
+
+    def _as_batch(self, x) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+        if not isinstance(t, torch.Tensor):
+            raise TypeError("expected a numpy array or torch tensor of shape (B, 3, S, S)")
+        t = t.detach().to("cpu", torch.float32)
+        if t.ndim == 3:
+            t = t[None]
+        s = self.spec.input_size
+        if t.ndim != 4 or t.shape[1] != 3 or tuple(t.shape[2:]) != (s, s):
+            raise ValueError(f"expected input of shape (B, 3, {s}, {s}), got {tuple(t.shape)}")
+        return t
+
+    def _check_finite(self, logits: torch.Tensor) -> None:
+        if not bool(torch.isfinite(logits).all()):
+            raise InferenceError(f"model {self.model_name} produced non-finite outputs")
+
+    # --- exact path --------------------------------------------------------------------------------
+    def predict_film(self, film) -> Prediction:
+        """Exact, calibrated prediction for one film, with pooled features and the model's attention."""
+        x, geo = self.preprocess(film)
+        return self.predict_input(x, geo)
+
+    def predict_gray(self, gray: np.ndarray) -> Prediction:
+        """Same as :meth:`predict_film` for an already rendered uint8 grey image."""
+        x, geo = preprocess_gray(gray, self.spec)
+        return self.predict_input(x, geo)
+
+    def predict_input(self, x, geometry: Geometry) -> Prediction:
+        """Exact prediction for one preprocessed input (3, S, S) whose placement is ``geometry``."""
+        batch = self._as_batch(x)[:1]
+        with self.lock:
+            def run(dev):
+                with torch.inference_mode():
+                    logits, pooled = self.model.forward_with_features(self._to_device(batch, dev))
+                    amap = self.model.attention_map()
+                    return (logits.float().cpu(), pooled.float().cpu(),
+                            None if amap is None else amap.float().cpu())
+
+            logits, pooled, amap = self._guarded(run)
+            notices = list(self.notices)
+            device = str(self.device)
+        self._check_finite(logits)
+        probs = softmax64(logits.numpy()[0], self.temperature)
+        top = int(np.argmax(probs))
+        attention = None
+        if amap is not None:
+            a = amap[0] if amap.ndim == 3 else amap
+            attention = np.ascontiguousarray(a.reshape(a.shape[-2], a.shape[-1]).numpy(), dtype=np.float32)
+        return Prediction(
+            classes=self.classes, probs=probs, logits=logits.numpy()[0].astype(np.float64), top_index=top,
+            top_class=self.classes[top], features=pooled.numpy()[0].reshape(-1).copy(), attention=attention,
+            geometry=geometry, model_name=self.model_name, device=device, notices=notices,
+        )
+
+    def predict_batch(self, x, batch_size: int = EXACT_CHUNK) -> np.ndarray:
+        """Exact calibrated probabilities (B, C) float64 for preprocessed inputs (B, 3, S, S)."""
+        return softmax64(self.logits_batch(x, batch_size), self.temperature)
+
+    def logits_batch(self, x, batch_size: int = EXACT_CHUNK) -> np.ndarray:
+        """Exact raw logits (B, C) float32 (what the trainer's calibration fits the temperature on)."""
+        t = self._as_batch(x)
+        out = []
+        with self.lock:
+            for i in range(0, t.shape[0], max(1, int(batch_size))):
+                chunk = t[i : i + batch_size]
+
+                def run(dev, chunk=chunk):
+                    with torch.inference_mode():
+                        return self.model(self._to_device(chunk, dev)).float().cpu()
+
+                out.append(self._guarded(run))
+        logits = torch.cat(out) if out else torch.zeros((0, len(self.classes)))
+        self._check_finite(logits)
+        return logits.numpy()
+
+    # --- fast path ---------------------------------------------------------------------------------
+    def fast_uses_bf16(self, device=None) -> bool:
+        """Whether the fast path would use reduced precision on ``device`` (before or after its check)."""
+        dev = torch.device(device) if device is not None else self.device
+        if self._reduced_ok is False:
+            return False
+        if dev.type == "cuda":
+            return True
+        if dev.type == "cpu":
+            return cpu_supports_bf16()
+        return False
+
+    def prepare_fast(self, bf16: Optional[bool] = None) -> str:
+        """Build the fast copy now (the viewer does it in the background when a model is chosen, so the
+        first explanation does not pay for it); returns a description of what the fast path does."""
+        with self.lock:
+            return self._guarded(lambda dev: self._fast_runner(dev, bf16)[1])
+
+    def _fast_runner(self, dev: torch.device, bf16: Optional[bool]):
+        use_bf16 = self.fast_uses_bf16(dev) if bf16 is None else bool(bf16) and self._reduced_ok is not False
+        if self._fast is not None and self._fast[0] == dev and self._fast[1] == use_bf16:
+            return self._fast[2], self._fast[3]
+        fast = copy.deepcopy(self.model).eval().to(dev, memory_format=torch.channels_last)
+        for p in fast.parameters():
+            p.requires_grad_(False)
+        runner, how = fast, "channels-last eager"
+        if dev.type == "cpu" and not use_bf16:
+            traced = self._trace_and_freeze(fast, dev)
+            if traced is not None:
+                runner, how = traced, "channels-last, traced and frozen (batch norm folded)"
+        amp_dtype = None
+        if use_bf16:
+            amp_dtype = torch.bfloat16
+            if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+                amp_dtype = torch.float16
+            how += f", {str(amp_dtype).replace('torch.', '')} autocast (head in fp32)"
+
+        def run(chunk: torch.Tensor) -> torch.Tensor:
+            xb = self._to_device(chunk, dev).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                if amp_dtype is None:
+                    return runner(xb).float().cpu()
+                # reduced precision for the convolutional trunk (the cost), fp32 for the classifier head
+                # (a few multiply-adds whose rounding would otherwise go straight into the logits)
+                with torch.autocast(dev.type, dtype=amp_dtype):
+                    pooled = fast.forward_features(xb)
+                return fast.forward_head(pooled.float()).float().cpu()
+
+        self._fast = (dev, use_bf16, run, how)
+        return run, how
+
+    def _trace_and_freeze(self, fast, dev):
+        """TorchScript-freeze the copy (folds batch norm, fuses conv+add+relu); checked against the
+        eager network on a different batch size, so a network whose trace captured a fixed shape or a
+        Python branch is simply run eagerly instead."""
+        s = self.spec.input_size
+        g = torch.Generator().manual_seed(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.inference_mode(False), torch.no_grad():
+                    ex = torch.randn(2, 3, s, s, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
+                    traced = torch.jit.freeze(torch.jit.trace(fast, ex, check_trace=False))
+                    probe = torch.randn(3, 3, s, s, generator=g).to(dev)
+                    ref = self.model(probe).float()
+                    got = traced(probe.contiguous(memory_format=torch.channels_last)).float()
+        except Exception as e:  # scripting limits of some networks: eager is still correct
+            log.info("fast path: tracing %s failed (%s); using eager", self.model_name, _short(e))
+            return None
+        err = float((ref - got).abs().max())
+        if got.shape != ref.shape or not err <= 1e-3 * (1.0 + float(ref.abs().max())):
+            log.info("fast path: traced %s disagrees with eager (%.3g); using eager", self.model_name, err)
+            return None
+        return traced
+
+    def fast_predict_batch(self, x, batch_size: Optional[int] = None, bf16: Optional[bool] = None) -> np.ndarray:
+        """Calibrated probabilities (B, C) float64 by the fast path, within :data:`FAST_TOLERANCE` of
+        :meth:`predict_batch`. ``bf16`` None: reduced precision where the hardware supports it natively;
+        True asks for it anyway, False never. Reduced precision is checked once on the first real inputs
+        (see :meth:`_check_reduced`) and dropped for this predictor if it exceeds the tolerance."""
+        t = self._as_batch(x)
+        out = []
+        with self.lock:
+            for_gpu = self.device.type != "cpu"
+            n = int(batch_size or (FAST_CHUNK_GPU if for_gpu else FAST_CHUNK_CPU))
+            for i in range(0, t.shape[0], max(1, n)):
+                chunk = t[i : i + n]
+                out.append(self._guarded(lambda dev, chunk=chunk: self._fast_chunk(dev, bf16, chunk)))
+        logits = torch.cat(out) if out else torch.zeros((0, len(self.classes)))
+        self._check_finite(logits)
+        return softmax64(logits.numpy(), self.temperature)
+
+    def _fast_chunk(self, dev: torch.device, bf16: Optional[bool], chunk: torch.Tensor) -> torch.Tensor:
+        run, _ = self._fast_runner(dev, bf16)
+        logits = run(chunk)
+        if self._fast[1] and self._reduced_ok is None:
+            if not self._check_reduced(dev, chunk, logits):
+                run, _ = self._fast_runner(dev, bf16)  # rebuilt in fp32
+                logits = run(chunk)
+        return logits
+
+    def _check_reduced(self, dev: torch.device, chunk: torch.Tensor, logits: torch.Tensor) -> bool:
+        """Compare reduced-precision results with the exact path on (up to) four of the inputs actually
+        being explained. How much bf16 rounding moves a probability depends on the network and on how
+        much its features vary between films, which no fixed rule can know; measuring it on the real
+        inputs makes the tolerance a guarantee. Half the tolerance is required, since only a sample is
+        checked; a network that fails keeps the fp32 fast path (still channels-last, traced)."""
+        k = min(4, chunk.shape[0])
+        with torch.inference_mode():
+            exact = self.model(self._to_device(chunk[:k], dev)).float().cpu()
+        diff = float(np.abs(softmax64(exact.numpy(), self.temperature)
+                            - softmax64(logits[:k].numpy(), self.temperature)).max())
+        self._reduced_ok = diff <= FAST_TOLERANCE / 2
+        self.fast_reduced_error = diff
+        if not self._reduced_ok:
+            log.info("fast path: reduced precision moved %s's probabilities by %.3g (> %.3g); using fp32",
+                     self.model_name, diff, FAST_TOLERANCE / 2)
+            self._fast = None
+        return self._reduced_ok
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.model_name!r}, device={self.device})"
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return (msg[0] if msg else type(exc).__name__)[:160]

@@ -1,0 +1,300 @@
+"""The inference engine: exact path, calibration, fast-path tolerance, device choice and GPU fallback."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrviewer import device as devmod
+from cxrviewer.checkpoint import card_defaults, save_checkpoint
+from cxrviewer.device import cpu_supports_bf16, describe_device, select_device
+from cxrviewer.film import Film
+from cxrviewer.inference import FAST_TOLERANCE, InferenceError, Predictor, softmax64
+from cxrviewer.preprocess import PreprocessSpec, preprocess_film, preprocess_gray
+
+from inference_helpers import CLASSES3, TINY, calibrate, chest_like, make_checkpoint, make_model, realistic_mobilenet_lung
+
+
+def _film(seed=0, shape=(320, 288)):
+    pix = chest_like(*shape, seed=seed).astype(np.float32)
+    return Film(path=Path(f"film{seed}.png"), pixels=pix, kind="raster")
+
+
+def _predictor(arch=TINY, temperature=1.0, seed=0, classes=CLASSES3, spec=None):
+    if arch == "mobilenet_lung":
+        m = realistic_mobilenet_lung(classes, seed)
+    else:
+        m = calibrate(make_model(arch, classes, seed=seed), spec, seed=seed)
+    return Predictor(m, card_defaults(m, classes, spec, name=f"{arch}-t", temperature=temperature), "cpu")
+
+
+def _real_like_batch(n, spec=PreprocessSpec()):
+    return np.stack([preprocess_gray(chest_like(seed=100 + i), spec)[0] for i in range(n)])
+
+
+# --- exact path -----------------------------------------------------------------------------------
+
+
+def test_predict_film_fields():
+    pr = _predictor()
+    film = _film(shape=(300, 200))
+    res = pr.predict_film(film)
+    assert res.classes == tuple(CLASSES3) and res.model_name == f"{TINY}-t" and res.device == "cpu"
+    assert res.probs.dtype == np.float64 and res.probs.shape == (3,)
+    assert abs(res.probs.sum() - 1.0) < 1e-12 and (res.probs > 0).all()
+    assert res.top_index == int(np.argmax(res.probs)) and res.top_class == CLASSES3[res.top_index]
+    assert res.features.shape == (16,) and res.logits.shape == (3,)
+    assert res.attention.shape == (56, 56) and res.attention.dtype == np.float32  # 224 / 4
+    assert res.geometry.film_shape == (300, 200) and res.geometry.size == 224
+    assert [c for c, _ in res.ranked()][0] == res.top_class
+    d = res.to_dict()
+    assert d["top_class"] == res.top_class and d["probabilities"] == pytest.approx(list(res.probs))
+
+
+def test_predict_film_uses_the_shared_preprocessing_and_matches_batch():
+    pr = _predictor(spec=PreprocessSpec(resize="letterbox"))
+    film = _film(seed=2, shape=(400, 250))
+    res = pr.predict_film(film)
+    x, geo = preprocess_film(film, pr.spec)
+    assert geo == res.geometry and geo.off_x > 0  # letterbox from the card was used
+    with torch.no_grad():
+        logits = pr.model(torch.from_numpy(x)[None]).double().numpy()[0]
+    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pr.predict_batch(x[None])[0], res.probs, rtol=0, atol=1e-12)
+
+
+def test_temperature_is_applied():
+    film = _film(seed=1)
+    p1 = _predictor(temperature=1.0).predict_film(film)
+    p3 = _predictor(temperature=3.0).predict_film(film)
+    np.testing.assert_allclose(p1.logits, p3.logits)
+    np.testing.assert_allclose(p3.probs, softmax64(p1.logits / 3.0), atol=1e-12)
+    assert p3.probs.max() < p1.probs.max()  # a higher temperature is less confident
+
+
+def test_predict_batch_chunks_agree_and_validate_shapes():
+    pr = _predictor()
+    x = _real_like_batch(5)
+    whole = pr.predict_batch(x, batch_size=32)
+    chunked = pr.predict_batch(torch.from_numpy(x), batch_size=2)
+    np.testing.assert_allclose(whole, chunked, atol=1e-4)  # fp32 kernels differ by batch size
+    assert whole.dtype == np.float64 and whole.shape == (5, 3)
+    np.testing.assert_allclose(whole.sum(axis=1), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(B, 3, 224, 224\)"):
+        pr.predict_batch(np.zeros((2, 1, 224, 224), np.float32))
+    with pytest.raises(ValueError):
+        pr.predict_batch(np.zeros((2, 3, 128, 128), np.float32))
+
+
+def test_non_finite_output_is_an_error():
+    pr = _predictor()
+    with torch.no_grad():
+        pr.model.head.bias[0] = float("nan")
+    with pytest.raises(InferenceError, match="non-finite"):
+        pr.predict_film(_film())
+
+
+def test_concurrent_calls_are_serialised_and_correct():
+    pr = _predictor()
+    films = [_film(seed=s) for s in range(4)]
+    expected = [pr.predict_film(f) for f in films]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                r = pr.predict_film(films[i])
+                assert np.array_equal(r.probs, expected[i].probs)
+                assert np.array_equal(r.attention, expected[i].attention)  # not another thread's map
+                pr.fast_predict_batch(_real_like_batch(2))
+            results[i] = True
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+
+
+# --- fast path ------------------------------------------------------------------------------------
+
+
+def test_fast_path_within_tolerance_mobilenet_lung():
+    pr = _predictor("mobilenet_lung", seed=3, temperature=1.0)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([_real_like_batch(6), rng.normal(0, 1, (4, 3, 224, 224)).astype(np.float32)])
+    exact = pr.predict_batch(x)
+    fast = pr.fast_predict_batch(x, batch_size=4)
+    assert np.ptp(exact[:, 0]) > 0.2 and exact.max() > 0.9  # confident, input-dependent outputs
+    diff = np.abs(fast - exact).max()
+    assert diff <= FAST_TOLERANCE, diff
+    np.testing.assert_allclose(fast.sum(axis=1), 1.0, atol=1e-9)
+    assert "channels-last" in pr.prepare_fast()
+
+
+def _mixed_batch(n_real=6, n_noise=6, seed=1):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([_real_like_batch(n_real), rng.normal(0, 1, (n_noise, 3, 224, 224)).astype(np.float32)])
+
+
+def test_fast_path_bf16_kept_when_within_tolerance():
+    # bf16 is forced here (emulated on CPUs without it) so the reduced-precision branch used on CUDA and
+    # AVX512-BF16/AMX machines is exercised everywhere. The tiny network keeps the emulation cheap.
+    m = make_model(TINY, CLASSES3, seed=4, sharpen=6.0)
+    pr = Predictor(m, card_defaults(m, CLASSES3, name="t"), "cpu")
+    x = _mixed_batch()
+    exact = pr.predict_batch(x)
+    fast = pr.fast_predict_batch(x, bf16=True)
+    assert "bfloat16 autocast" in pr.prepare_fast(bf16=True)  # passed its check, still in use
+    assert np.ptp(exact[:, 0]) > 0.02
+    diff = np.abs(fast - exact).max()
+    assert 0 < diff <= FAST_TOLERANCE, diff  # > 0: bf16 really was used
+    assert pr.fast_reduced_error <= FAST_TOLERANCE / 2
+
+
+def test_fast_path_drops_bf16_that_would_break_the_tolerance():
+    # A network whose logits swing on small feature differences (confident, input-dependent): bf16 rounding
+    # moves its probabilities by more than the tolerance, so the fast path must notice and use fp32.
+    pr = _predictor(TINY, seed=4)
+    x = _mixed_batch()
+    exact = pr.predict_batch(x)
+    assert np.ptp(exact[:, 0]) > 0.5
+    fast = pr.fast_predict_batch(x, bf16=True)
+    assert pr.fast_reduced_error > FAST_TOLERANCE / 2  # bf16 was tried and measured...
+    assert not pr.fast_uses_bf16() and "autocast" not in pr.prepare_fast(bf16=True)  # ...and dropped
+    assert np.abs(fast - exact).max() <= FAST_TOLERANCE
+    assert np.abs(pr.fast_predict_batch(x, bf16=True) - exact).max() <= FAST_TOLERANCE
+
+
+def test_fast_path_does_not_touch_the_exact_model():
+    pr = _predictor()
+    before = {k: v.clone() for k, v in pr.model.state_dict().items()}
+    pr.fast_predict_batch(_real_like_batch(3))
+    for k, v in pr.model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.is_contiguous(), k  # still NCHW, unfolded
+
+
+def test_fast_path_falls_back_to_eager_when_tracing_fails(monkeypatch):
+    pr = _predictor()
+
+    def no_trace(*a, **k):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    x = _real_like_batch(3)
+    assert "traced" not in pr.prepare_fast()
+    assert np.abs(pr.fast_predict_batch(x) - pr.predict_batch(x)).max() <= FAST_TOLERANCE
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+
+def test_select_device_order_and_overrides(monkeypatch):
+    monkeypatch.delenv(devmod.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devmod, "mps_available", lambda: False)
+    assert select_device() == torch.device("cpu")
+    monkeypatch.setattr(devmod, "mps_available", lambda: True)
+    assert select_device() == torch.device("mps")  # auto: MPS before CPU
+    assert select_device("cpu") == torch.device("cpu")  # argument wins
+    monkeypatch.setenv(devmod.ENV_VAR, "cpu")
+    assert select_device() == torch.device("cpu")  # environment
+    assert select_device("auto") == torch.device("mps")  # argument over environment
+    monkeypatch.setenv(devmod.ENV_VAR, "tpu-please")
+    notes = []
+    assert select_device(None, notes) == torch.device("mps") and "CXRVIEWER_DEVICE" in notes[0]
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("quantum")
+
+
+def test_unavailable_device_falls_back_with_notice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devmod, "mps_available", lambda: False)
+    notes = []
+    assert select_device("cuda", notes) == torch.device("cpu")
+    assert "cuda" in notes[0] and "CPU" in notes[0]
+    notes.clear()
+    assert select_device("mps", notes) == torch.device("cpu") and "MPS" in notes[0]
+
+
+def test_describe_and_bf16_detection(monkeypatch):
+    assert describe_device("cpu").startswith("CPU (")
+    assert isinstance(cpu_supports_bf16(), bool)
+    monkeypatch.setattr(devmod.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert cpu_supports_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_supports_bf16() is True
+    assert "bf16" in describe_device("cpu")
+
+
+def test_runtime_cuda_failure_falls_back_to_cpu(monkeypatch):
+    """A fake GPU: the predictor believes it is on CUDA and the first forward fails as a lost device does.
+    The request must still complete, on the CPU, with a notice; later calls stay on the CPU."""
+    pr = _predictor()
+    film = _film(seed=5)
+    expected = pr.predict_film(film).probs
+    real_forward = pr.model.forward_with_features
+    calls = []
+
+    def failing(x):
+        calls.append(pr.device.type)
+        if pr.device.type == "cuda":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_forward(x)
+
+    monkeypatch.setattr(pr.model, "forward_with_features", failing)
+    monkeypatch.setattr(pr, "_to_device", lambda t, dev: t)  # the fake GPU keeps tensors in host memory
+    pr.device = torch.device("cuda")  # what Predictor would hold on a GPU machine
+    res = pr.predict_film(film)
+    assert res.device == "cpu" and pr.device == torch.device("cpu")
+    assert np.array_equal(res.probs, expected)
+    assert any("GPU failed" in n for n in res.notices)
+    assert calls == ["cuda", "cpu"]  # failed once on the "GPU", then completed on the CPU
+    # the batch paths fall back the same way
+    pr.device = torch.device("cuda")
+    x = _real_like_batch(2)
+    assert np.abs(pr.fast_predict_batch(x) - pr.predict_batch(x)).max() <= FAST_TOLERANCE
+    assert pr.device == torch.device("cpu")
+
+
+def test_cpu_errors_are_not_swallowed(monkeypatch):
+    pr = _predictor()
+
+    def broken(x):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(pr.model, "forward_with_features", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        pr.predict_film(_film())
+    assert pr.notices == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_requesting_cuda_without_gpu_runs_on_cpu(tmp_path):
+    p = make_checkpoint(tmp_path / "t.safetensors")
+    pr = Predictor.from_checkpoint(p, "cuda")
+    assert pr.device == torch.device("cpu") and pr.notices
+    assert pr.predict_film(_film()).device == "cpu"
+    # forcing the device object past select_device: the move itself fails and is caught
+    pr2 = Predictor(make_model(), card_defaults(make_model(), CLASSES3, name="t"), torch.device("cuda"))
+    assert pr2.device == torch.device("cpu") and "Could not use cuda" in pr2.notices[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_exact_and_fast(tmp_path):
+    m = realistic_mobilenet_lung()
+    p = save_checkpoint(tmp_path / "ml.safetensors", m, card_defaults(m, ["Normal", "Lung Opacity", "Viral Pneumonia"]))
+    cpu = Predictor.from_checkpoint(p, "cpu")
+    gpu = Predictor.from_checkpoint(p, "cuda")
+    x = _real_like_batch(8)
+    assert np.abs(gpu.predict_batch(x) - cpu.predict_batch(x)).max() < 1e-3
+    assert np.abs(gpu.fast_predict_batch(x) - cpu.predict_batch(x)).max() <= FAST_TOLERANCE
