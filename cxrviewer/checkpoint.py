@@ -16,10 +16,10 @@ import json
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Optional
 
+from cxrviewer.atomic import atomic_path
 from cxrviewer.preprocess import PREPROCESS_VERSION, RESIZE_MODES, PreprocessSpec
 
 
@@ -325,47 +325,9 @@ def save_checkpoint(path, model, card: dict) -> Path:
 
     tensors = _state_tensors(model)
     metadata = {METADATA_KEY: json.dumps(card, allow_nan=False, sort_keys=False), "format": "pt"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
-
-
-def _fsync_file(p) -> None:
-    with open(p, "rb+") as fh:
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(d: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows; os.replace is atomic there
-        return
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------------
 
 
 def _build(card: dict, path=None):

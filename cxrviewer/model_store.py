@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from cxrviewer import paths
+from cxrviewer.atomic import atomic_path
 from cxrviewer.checkpoint import (
     PICKLE_SUFFIXES,
     SUFFIX,
@@ -184,19 +184,8 @@ def install_model(src_path, overwrite: bool = False) -> ModelEntry:
         if not overwrite:
             raise CheckpointError(src, f"a different model named {card['name']!r} is already installed "
                                        f"({dest.name}); remove it or install with overwrite")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".tmp", dir=dest_dir)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return entry_for(dest, "user")
 
 

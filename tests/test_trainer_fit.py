@@ -136,6 +136,7 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
 
 
 def test_state_writes_are_atomic_and_damaged_state_is_refused(full_run, tmp_path, monkeypatch):
+    from cxrviewer import atomic
     from trainer import state as S
 
     target = tmp_path / "f.bin"
@@ -145,7 +146,7 @@ def test_state_writes_are_atomic_and_damaged_state_is_refused(full_run, tmp_path
         raise OSError("killed mid-write")
 
     with monkeypatch.context() as m:
-        m.setattr(S.os, "replace", killed)
+        m.setattr(atomic.os, "replace", killed)
         with pytest.raises(OSError):
             S.atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -206,7 +206,7 @@ def cmd_compare(args, argv) -> int:
             ids = D.split_films(fs, recipe.split, args.seed)
         split_json = D.split_to_json(fs, ids, args.seed, recipe.split)
         args.out.mkdir(parents=True, exist_ok=True)
-        from trainer.state import atomic_write_text
+        from cxrviewer.atomic import atomic_write_text
 
         atomic_write_text(args.out / "split.json", json.dumps(split_json, indent=1))
         rows = []

@@ -16,7 +16,7 @@ from typing import Optional
 
 from trainer.plots import plot_all
 from trainer.recipes import describe
-from trainer.state import atomic_write_text
+from cxrviewer.atomic import atomic_write_text
 
 
 def _dump(obj) -> str:
