@@ -1,0 +1,349 @@
+"""Explanation speed and faithfulness, against lime's own defaults, same model, same films, same run.
+
+    python bench/bench_explain.py                       # the five attention models, ten films
+    python bench/bench_explain.py --quick               # mobilenet_lung, two films, 2000-sample gold
+    python bench/bench_explain.py --models mobilenet_lung,dpn_se --films 4
+    python bench/bench_explain.py --quick --tune        # sweep superpixel count x sample count
+
+**Reference** (issue 4): ``lime_image.LimeImageExplainer().explain_instance(image, predict,
+num_samples=1000)`` with lime's defaults (quickshift kernel 4 / max_dist 200 / ratio 0.2, batch 10,
+top_labels 5) and a plain fp32 predict function (``model(x)`` under ``no_grad``, NCHW, softmax). It is
+timed on the first ``--ref-films`` films (it costs ~14 s per film for a MobileNetV2 on 2 cores).
+
+**Ours**: :func:`cxrviewer.explain.explain_lime` with its default :class:`LimeSettings`, through the
+Predictor's fast batch path, timed on every film (segmentation, sampling, regression, everything).
+
+**Faithfulness**: Jaccard index of the top-5 superpixels (largest weight towards the explained class) of an
+explanation against a ``--gold``-sample (5000 by default) reference explanation *on the same
+segmentation* with a different seed. For lime's default the pair is (1000 samples, quickshift) vs (gold,
+quickshift); for ours (defaults) vs (gold, our segmentation). The target: our mean Jaccard over the films
+is at least the reference's. The gold and 1000-sample runs are computed with lime's sampling and
+regression (``LimeBase.explain_instance_with_data``: cosine distance, kernel width 0.25, ridge) on an
+fp32 predictor in large batches (``fast_predict_batch(bf16=False)``: the same fp32 function, only faster),
+because 2 × 5000 network passes per film at batch 10 would take most of an hour per model.
+
+**Grad-CAM / attention**: time of ``gradcam_film`` and ``explain_attention`` (which includes the forward
+pass) divided by the single-film exact inference time ``predict_film`` (target < 3).
+
+Models come from ``--checkpoints`` (trained .safetensors) or are built from the registry:
+``mobilenet_lung`` with the offline ImageNet backbone, the others from random weights with batch-norm
+statistics re-estimated on real films and a classifier that spreads the logits, so their outputs vary
+from film to film as a trained model's do (LIME on a constant function would be meaningless).
+
+Times are wall-clock on a machine shared with other work: compare the ratios (measured in the same run),
+not the absolute seconds. Prints a markdown table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # lime's per-sample progress bar
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
+from cxrviewer.explain.lime_explainer import LimeSettings, _lime_explainer_class, explain_lime, segment  # noqa: E402
+from cxrviewer.explain.types import NoAttention  # noqa: E402
+from cxrviewer.film import load_film  # noqa: E402
+from cxrviewer.film.display import render  # noqa: E402
+from cxrviewer.preprocess import PreprocessSpec, fit_to_square, normalise  # noqa: E402
+
+ATTENTION_MODELS = ["mobilenet_lung", "cs_convnext", "da_covidnet", "dpn_se", "fusion_tl"]
+CLASSES = ["Normal", "Pneumonia", "COVID-19"]
+DATA = ROOT.parent / "shared" / "data"
+TOP_K = 5
+GOLD_SEED = 4242
+
+
+# --- films and models --------------------------------------------------------------------------------
+def pick_films(n: int) -> list:
+    """Alternating paediatric full-resolution and adult films, spread over the classes, deterministic."""
+    groups = []
+    for sub in ("kermany-fullres", "adult"):
+        root = DATA / sub
+        if not root.exists():
+            continue
+        per_class = [sorted(p for p in d.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+                     for d in sorted(root.iterdir()) if d.is_dir()]
+        mixed = [f for tier in zip(*per_class) for f in tier] if per_class else []
+        groups.append(mixed[::7] + [f for f in mixed if f not in mixed[::7]])
+    out = [f for pair in zip(*groups) for f in pair] if len(groups) == 2 else (groups[0] if groups else [])
+    if not out:
+        raise SystemExit(f"no films under {DATA}")
+    return out[:n]
+
+
+def realistic(model: nn.Module, grays: list, spec: PreprocessSpec) -> nn.Module:
+    """Batch-norm statistics from real films and a classifier with logit spread ~3 (random-init nets give
+    nearly constant outputs, which no explainer can explain)."""
+    x = torch.from_numpy(np.stack([normalise(fit_to_square(g, spec.input_size, spec.resize)[0], spec) for g in grays]))
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        if bns:
+            model(x)
+        model.eval()
+        for bn in bns:
+            bn.momentum = 0.1
+        _, f = model.forward_with_features(x)
+        lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        w = torch.randn(lin.out_features, lin.in_features, generator=torch.Generator().manual_seed(0))
+        lin.weight.copy_(3.0 * w / (f.std(0) + 1e-6) / lin.in_features ** 0.5)
+        lin.bias.copy_(-(lin.weight @ f.mean(0)))
+    return model
+
+
+def build_predictor(name_or_path: str, calib_grays: list):
+    from cxrviewer.checkpoint import card_defaults
+    from cxrviewer.inference import Predictor
+    from cxrviewer.models import create_model
+
+    if name_or_path.endswith(".safetensors"):
+        pred = Predictor.from_checkpoint(name_or_path, "cpu")
+    else:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pretrained = "imagenet-offline" if name_or_path == "mobilenet_lung" else None
+            model = create_model(name_or_path, len(CLASSES), pretrained=pretrained).eval()
+        spec = PreprocessSpec()
+        if pretrained is None:
+            model = realistic(model, calib_grays, spec)
+        else:  # keep the ImageNet backbone, spread the new head
+            model = realistic_head_only(model, calib_grays, spec)
+        pred = Predictor(model, card_defaults(model, CLASSES, name=name_or_path), torch.device("cpu"))
+    pred.prepare_fast()
+    return pred
+
+
+def realistic_head_only(model, grays, spec):
+    x = torch.from_numpy(np.stack([normalise(fit_to_square(g, spec.input_size, spec.resize)[0], spec) for g in grays]))
+    with torch.no_grad():
+        _, f = model.forward_with_features(x)
+        lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        w = torch.randn(lin.out_features, lin.in_features, generator=torch.Generator().manual_seed(0))
+        lin.weight.copy_(3.0 * w / (f.std(0) + 1e-6) / lin.in_features ** 0.5)
+        lin.bias.copy_(-(lin.weight @ f.mean(0)))
+    return model
+
+
+# --- lime pieces ---------------------------------------------------------------------------------------
+def plain_predict(model, spec):
+    """The reference's predict function: uint8 RGB batch -> fp32 eager softmax, NCHW."""
+    def predict(imgs):
+        x = torch.from_numpy(np.stack([normalise(im[:, :, 0], spec) for im in imgs]))
+        with torch.no_grad():
+            return torch.softmax(model(x), dim=1).numpy()
+
+    return predict
+
+
+def exact_batched(pred, spec, batch=64):
+    def predict(imgs):
+        x = np.stack([normalise(im[:, :, 0], spec) for im in imgs])
+        return pred.fast_predict_batch(x, batch_size=batch, bf16=False)
+
+    return predict
+
+
+def lime_data(predict, image, segments, n, seed, batch=64, paired=False):
+    """lime's neighbourhood (same random stream as ``explain_instance`` with ``random_state=seed``)."""
+    explainer = _lime_explainer_class()(random_state=seed)
+    explainer.paired = paired
+    fudged = image.copy()
+    for s in np.unique(segments):
+        fudged[segments == s] = image[segments == s].mean(axis=0)
+    data, labels = explainer.data_labels(image, fudged, segments, predict, n, batch_size=batch)
+    return explainer, data, labels
+
+
+def fit_weights(explainer, data, labels, label, n_rows=None):
+    """lime's regression on the first ``n_rows`` samples -> weight per superpixel."""
+    import sklearn.metrics
+
+    d = data[:n_rows] if n_rows else data
+    y = labels[: len(d)]
+    dist = sklearn.metrics.pairwise_distances(d, d[0].reshape(1, -1), metric="cosine").ravel()
+    _, exp, _, _ = explainer.base.explain_instance_with_data(d, y, dist, label, 100000,
+                                                             feature_selection=explainer.feature_selection)
+    w = np.zeros(data.shape[1])
+    for i, v in exp:
+        w[i] = v
+    return w
+
+
+def top(w, k=TOP_K) -> set:
+    return set(np.argsort(-w, kind="stable")[:k].tolist())
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b)
+
+
+def best_time(fn, repeats=5) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------
+def bench_model(name, films, args, settings: LimeSettings) -> dict:
+    grays = [render(load_film(f)) for f in films]
+    calib = [render(load_film(f)) for f in pick_films(12)[-8:]]  # head/BN statistics need a few films
+    pred = build_predictor(name, calib)
+    spec = pred.spec
+    res = {"model": name, "films": len(films), "j_ref": [], "j_ours": [], "t_ours": [], "t_ref": [], "t_ours_ref": [],
+           "n_seg_qs": [], "n_seg_ours": [], "tune": {}}
+    for i, (path, gray) in enumerate(zip(films, grays)):
+        square, _ = fit_to_square(gray, spec.input_size, spec.resize)
+        image = np.repeat(square[:, :, None], 3, axis=2)
+        cls = int(pred.predict_gray(gray).top_index)
+        exact = exact_batched(pred, spec)
+
+        t0 = time.perf_counter()
+        ours = explain_lime(pred, gray, cls, settings)
+        t_ours = time.perf_counter() - t0
+        res["t_ours"].append(t_ours)
+
+        seg_qs = segment(image, LimeSettings(segmentation="quickshift"))
+        seg_ours = ours.segments
+        res["n_seg_qs"].append(int(seg_qs.max()) + 1)
+        res["n_seg_ours"].append(int(seg_ours.max()) + 1)
+
+        ex, data, labels = lime_data(exact, image, seg_qs, args.gold, GOLD_SEED)
+        gold_qs = fit_weights(ex, data, labels, cls)
+        ex, data, labels = lime_data(exact, image, seg_qs, 1000, 0)
+        ref = fit_weights(ex, data, labels, cls)
+        ref_run = (ex, data, labels)
+        ex, data, labels = lime_data(exact, image, seg_ours, args.gold, GOLD_SEED)
+        gold_ours = fit_weights(ex, data, labels, cls)
+        res["j_ref"].append(jaccard(top(ref), top(gold_qs)))
+        res["j_ours"].append(jaccard(top(ours.segment_weights), top(gold_ours)))
+
+        if args.tune:
+            tune_film(res["tune"], image, cls, gold_qs, ref_run, exact, args)
+
+        if i < args.ref_films:
+            from lime import lime_image
+
+            model = pred.model
+            t0 = time.perf_counter()
+            lime_image.LimeImageExplainer().explain_instance(image, plain_predict(model, spec), num_samples=1000)
+            res["t_ref"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # ours again on the same film straight after, for a fair ratio
+            explain_lime(pred, gray, cls, settings)
+            res["t_ours_ref"].append(time.perf_counter() - t0)
+        print(f"  {name} film {i + 1}/{len(films)} {path.parent.name}/{path.name}: J ref {res['j_ref'][-1]:.2f}"
+              f" ours {res['j_ours'][-1]:.2f}; ours {t_ours:.2f} s"
+              + (f"; reference {res['t_ref'][-1]:.1f} s" if i < args.ref_films else ""), flush=True)
+
+    # Grad-CAM and attention against single-film inference, on the first film
+    film = load_film(films[0])
+    res["t_infer"] = best_time(lambda: pred.predict_film(film))
+    res["t_gradcam"] = best_time(lambda: gradcam_film(pred, film))
+    try:
+        res["t_attention"] = best_time(lambda: explain_attention(pred, film))
+    except NoAttention:
+        res["t_attention"] = None
+    e = gradcam_film(pred, film)
+    res["t_film_map"] = best_time(lambda: e.geometry.to_film(e.model_map))
+    return res
+
+
+def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
+    """Jaccard vs sample count for several superpixel counts, from one run per count (lime's rows are a
+    sequential random stream, so the first N rows of a longer run are exactly an N-sample run)."""
+    for n_seg in args.tune_segments:
+        seg = segment(image, LimeSettings(n_segments=n_seg))
+        ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
+        gold = top(fit_weights(ex, data, labels, cls))
+        for paired in (False, True):
+            ex, data, labels = lime_data(exact, image, seg, max(args.tune_samples), 0, paired=paired)
+            for n in args.tune_samples:
+                store.setdefault(("slic" + ("-paired" if paired else ""), n_seg, n), []).append(
+                    jaccard(top(fit_weights(ex, data, labels, cls, n)), gold))
+    ex, data, labels = ref_run  # lime's default: quickshift, seed 0, 1000 samples
+    for n in sorted(set(args.tune_samples) | {1000}):
+        if n <= 1000:
+            store.setdefault(("quickshift", 0, n), []).append(
+                jaccard(top(fit_weights(ex, data, labels, cls, n)), top(gold_qs)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=None, help="comma-separated registry names or checkpoint paths")
+    p.add_argument("--checkpoints", default=None, help="comma-separated .safetensors files (instead of --models)")
+    p.add_argument("--films", type=int, default=None, help="films for faithfulness (default 10; quick 2)")
+    p.add_argument("--gold", type=int, default=None, help="samples of the gold reference (default 5000; quick 2000)")
+    p.add_argument("--ref-films", type=int, default=None, help="films the 1000-sample reference is timed on (default 2; quick 1)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tune", action="store_true", help="also sweep superpixel and sample counts")
+    p.add_argument("--samples", type=int, default=None, help="override our num_samples")
+    p.add_argument("--segments", type=int, default=None, help="override our SLIC n_segments")
+    args = p.parse_args(argv)
+    q = args.quick
+    names = (args.checkpoints or args.models or ("mobilenet_lung" if q else ",".join(ATTENTION_MODELS))).split(",")
+    args.films = args.films or (2 if q else 10)
+    args.gold = args.gold or (2000 if q else 5000)
+    args.ref_films = args.ref_films if args.ref_films is not None else (1 if q else 2)
+    args.tune_segments = [20, 30, 50]
+    args.tune_samples = [60, 100, 150, 200, 300, 400]
+    overrides = {k: v for k, v in (("num_samples", args.samples), ("n_segments", args.segments)) if v}
+    settings = LimeSettings(**overrides)
+    films = pick_films(args.films)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; settings: {settings}", flush=True)
+    rows = []
+    for name in names:
+        print(f"{name}:", flush=True)
+        rows.append(bench_model(name.strip(), films, args, settings))
+
+    print("\n| model | films | superpixels ours / quickshift | Jaccard@5 ours | Jaccard@5 lime-1000 | ours s | lime-1000 s | speed-up | Grad-CAM / inference | attention / inference |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ok = True
+    for r in rows:
+        jo, jr = float(np.mean(r["j_ours"])), float(np.mean(r["j_ref"]))
+        speed = (np.mean(r["t_ref"]) / np.mean(r["t_ours_ref"])) if r["t_ref"] else float("nan")
+        g = r["t_gradcam"] / r["t_infer"]
+        a = (r["t_attention"] / r["t_infer"]) if r["t_attention"] is not None else None
+        ok &= jo >= jr and (speed >= 10 or np.isnan(speed)) and g < 3 and (a is None or a < 3)
+        print(f"| {r['model']} | {r['films']} | {np.mean(r['n_seg_ours']):.0f} / {np.mean(r['n_seg_qs']):.0f} | "
+              f"{jo:.2f} | {jr:.2f} | {np.mean(r['t_ours']):.2f} | "
+              f"{np.mean(r['t_ref']) if r['t_ref'] else float('nan'):.1f} | {speed:.1f}x | {g:.2f} | "
+              f"{'n/a' if a is None else f'{a:.2f}'} |")
+    print("\nsingle-film inference / Grad-CAM / full-res map resampling (s): " + "; ".join(
+        f"{r['model']} {r['t_infer']:.3f} / {r['t_gradcam']:.3f} / {r['t_film_map']:.3f}" for r in rows))
+    for r in rows:
+        if r["tune"]:
+            print(f"\n{r['model']}: mean Jaccard@5 vs {args.gold}-sample gold on the same segmentation")
+            keys = sorted(r["tune"])
+            samples = sorted({k[2] for k in keys})
+            print("| segmentation | " + " | ".join(f"N={n}" for n in samples) + " |")
+            print("|---|" + "---|" * len(samples))
+            for seg in sorted({k[:2] for k in keys}):
+                cells = [f"{np.mean(r['tune'][seg + (n,)]):.2f}" if seg + (n,) in r["tune"] else "" for n in samples]
+                print(f"| {seg[0]} {seg[1] or ''} | " + " | ".join(cells) + " |")
+    print("\ntargets (Jaccard ours >= lime-1000, speed-up >= 10x, maps < 3x inference):", "met" if ok else "NOT met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""``cxrviewer explain``: an explanation map for one film from the command line.
+
+    cxrviewer explain FILM --method lime|attention|gradcam [--model NAME_OR_PATH] [--class NAME]
+                      [--out FILE.png] [--report FILE.pdf|FILE.png] [--side-by-side] [--include-identifiers]
+
+Writes the overlay on the full-resolution film (``--out``; default ``<film>-<method>.png`` in the current
+folder) and optionally a one-page report. Prints one summary line; problems go to stderr. Exit status as
+``cxrviewer predict``: 0 done; 1 the film, the model or the method could not be used; 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cxrviewer.explain.lime_explainer import SEGMENTATIONS, LimeSettings
+    from cxrviewer.explain.overlay import COLORMAPS, OverlaySettings
+
+    d, o = LimeSettings(), OverlaySettings()
+    p = _Parser(prog="cxrviewer explain", description="Show where a model looked on a chest film.")
+    p.add_argument("film", metavar="FILM", help="a DICOM or image file")
+    p.add_argument("--method", required=True, choices=("lime", "attention", "gradcam"))
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="model name or .safetensors file (default: the bundled default)")
+    p.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="class to explain, by name or index (default: the top prediction)")
+    p.add_argument("--out", metavar="FILE.png", help="overlay image to write")
+    p.add_argument("--report", metavar="FILE.pdf", help="also write a one-page report (.pdf or .png)")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="print patient identifiers and the file name on the report (off by default)")
+    p.add_argument("--side-by-side", action="store_true", help="write film | film + map instead of the overlay alone")
+    p.add_argument("--device", metavar="DEV", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    g = p.add_argument_group("LIME")
+    g.add_argument("--samples", type=int, default=d.num_samples, help=f"perturbed samples (default {d.num_samples})")
+    g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation)
+    g.add_argument("--segments", type=int, default=d.n_segments, help=f"SLIC superpixels (default {d.n_segments})")
+    g.add_argument("--features", type=int, default=d.num_features, help="superpixels to outline")
+    g.add_argument("--seed", type=int, default=d.random_seed)
+    g = p.add_argument_group("overlay")
+    g.add_argument("--colormap", choices=COLORMAPS, default=o.colormap)
+    g.add_argument("--opacity", type=float, default=o.opacity)
+    g.add_argument("--threshold", type=float, default=o.threshold)
+    return p
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _class_index(spec: str, classes) -> int:
+    names = [c.lower() for c in classes]
+    if spec.lower() in names:
+        return names.index(spec.lower())
+    if spec.isdigit() and int(spec) < len(classes):
+        return int(spec)
+    raise _UsageError(f"cxrviewer explain: no class {spec!r}; the model's classes are: {', '.join(classes)}")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        _err(str(e))
+        return USAGE_ERROR
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+
+    from cxrviewer.checkpoint import CheckpointError
+    from cxrviewer.explain import Cancelled, NoAttention, explain
+    from cxrviewer.explain.lime_explainer import LimeSettings
+    from cxrviewer.explain.overlay import OverlaySettings, render_overlay, side_by_side
+    from cxrviewer.explain.report import save_overlay_png, save_report
+    from cxrviewer.film import FilmError, load_film
+    from cxrviewer.film.display import render
+
+    try:
+        settings = LimeSettings(segmentation=args.segmentation, n_segments=args.segments, num_samples=args.samples,
+                                num_features=args.features, random_seed=args.seed)
+        overlay_settings = OverlaySettings(colormap=args.colormap, opacity=args.opacity, threshold=args.threshold,
+                                           outline_top=args.features)
+    except ValueError as e:
+        _err(f"cxrviewer explain: {e}")
+        return USAGE_ERROR
+
+    from cxrviewer.device import select_device
+    from cxrviewer.inference import Predictor
+    from cxrviewer.model_store import default_model_entry, find_model
+
+    try:
+        device = select_device(args.device, [])
+        entry = find_model(args.model) if args.model else default_model_entry()
+    except (ValueError, LookupError) as e:
+        _err(f"cxrviewer explain: {e.args[0] if e.args else e}")
+        return USAGE_ERROR
+    except CheckpointError as e:
+        _err(str(e))
+        return 1
+    if entry is None:
+        _err("cxrviewer explain: no model is installed; pass --model PATH.safetensors")
+        return USAGE_ERROR
+    try:
+        predictor = Predictor.from_checkpoint(entry.path, device)
+    except CheckpointError as e:
+        _err(str(e))
+        return 1
+    for n in predictor.notices:
+        _err(f"note: {n}")
+    try:
+        class_index = _class_index(args.class_name, predictor.classes) if args.class_name else None
+    except _UsageError as e:
+        _err(str(e))
+        return USAGE_ERROR
+
+    try:
+        film = load_film(args.film)
+    except FilmError as e:
+        _err(str(e))
+        return 1
+    t0 = time.perf_counter()
+    try:
+        prediction = predictor.predict_film(film)
+        if class_index is None:
+            class_index = int(prediction.top_index)
+        result = explain(predictor, film, args.method, class_index, settings if args.method == "lime" else None,
+                         prediction=prediction)
+    except (NoAttention, Cancelled) as e:
+        _err(f"cxrviewer explain: {e}")
+        return 1
+    except Exception as e:  # a model that cannot be explained this way: say so, do not dump a traceback
+        _err(f"cxrviewer explain: {args.method} failed on {film.display_name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return 1
+
+    image = render(film)
+    overlay = render_overlay(result, image, overlay_settings)
+    out_img = side_by_side(image, overlay) if args.side_by_side else overlay
+    out = Path(args.out) if args.out else Path(f"{Path(args.film).stem}-{args.method}.png")
+    try:
+        save_overlay_png(out, out_img)
+        if args.report:
+            legend = None if result.signed else f"colour map: {args.colormap}, threshold {args.threshold:.2f}"
+            save_report(args.report, image, overlay, result, prediction, model_name=predictor.display_name,
+                        model_version=str(predictor.card.get("version", "")), film=film,
+                        include_identifiers=args.include_identifiers, legend=legend)
+    except OSError as e:
+        _err(f"Cannot write {e.filename or out}: {e.strerror or e}")
+        return 1
+    took = time.perf_counter() - t0
+    extra = f" and {args.report}" if args.report else ""
+    print(f"{args.method} for {result.class_name} (p = {prediction.probs[result.class_index]:.3f}) with "
+          f"{predictor.display_name} in {took:.1f} s -> {out}{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""The explanation workflow around the maps: cancel, coarse-then-refined LIME, the cache, attention, the
+exports (no identifiers unless asked) and the ``cxrviewer explain`` command."""
+
+import re
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explain_synth import FakePredictor, box_model_for, textured_film
+from cxrviewer.explain import (Cancelled, ExplanationCache, LimeSettings, NoAttention, OverlaySettings, cache_key,
+                               explain, explain_attention, explain_lime, film_key, render_overlay, save_report,
+                               side_by_side)
+from cxrviewer.explain.report import save_overlay_png
+from cxrviewer.film.types import Film
+from cxrviewer.preprocess import PreprocessSpec
+
+REGION = (60, 140, 320, 440)
+PHI_NAME = "Zyxwvut^Quirinus"
+PHI_ID = "MRN-99173"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    spec = PreprocessSpec()
+    gray = textured_film((300, 500))
+    pred = FakePredictor(box_model_for(gray, REGION, spec), spec)
+    film = Film(path=Path("/films/Zyxwvut_Quirinus.png"), pixels=gray.astype(np.float32), kind="raster",
+                phi={"Patient name": PHI_NAME, "Patient ID": PHI_ID}, bits_stored=8)
+    return gray, spec, pred, film
+
+
+def test_cancel_mid_lime_raises_promptly(setup):
+    gray, spec, _, _ = setup
+    slow = FakePredictor(box_model_for(gray, REGION, spec), spec, delay=0.05)
+    flag = threading.Event()
+    progress = []
+
+    def on_progress(f):
+        progress.append(f)
+        if f >= 0.3:
+            flag.set()
+
+    with pytest.raises(Cancelled):
+        explain_lime(slow, gray, 1, LimeSettings(num_samples=640, batch_size=32), progress=on_progress,
+                     cancel=flag.is_set)
+    # Stopped right after the batch that crossed 30%: no model call once cancel() said so.
+    crossed = next(i for i, f in enumerate(progress) if f >= 0.3)
+    assert len(progress) == crossed + 1 and len(slow.batches) == crossed + 1 < 640 // 32
+
+
+def test_cancel_from_another_thread_while_running(setup):
+    gray, spec, _, _ = setup
+    slow = FakePredictor(box_model_for(gray, REGION, spec), spec, delay=0.05)
+    flag = threading.Event()
+    outcome = {}
+
+    def work():
+        try:
+            explain_lime(slow, gray, 1, LimeSettings(num_samples=5000, batch_size=64), cancel=flag.is_set)
+            outcome["r"] = "finished"
+        except Cancelled:
+            outcome["r"] = "cancelled"
+
+    t = threading.Thread(target=work)
+    t.start()
+    time.sleep(0.4)
+    t_cancel = time.perf_counter()
+    flag.set()
+    t.join(timeout=10)
+    assert not t.is_alive() and outcome["r"] == "cancelled"
+    assert time.perf_counter() - t_cancel < 2.0
+
+
+def test_coarse_result_comes_first_and_is_not_cached(setup):
+    gray, _, pred, film = setup
+    coarse = []
+    cache = ExplanationCache()
+    s = LimeSettings(num_samples=200, batch_size=64, coarse_samples=64)
+    final = explain(pred, film, "lime", 1, s, on_coarse=coarse.append, cache=cache)
+    assert len(coarse) == 1 and coarse[0].coarse and not final.coarse
+    assert coarse[0].segments is final.segments or np.array_equal(coarse[0].segments, final.segments)
+    assert len(cache) == 1 and cache.get(cache_key(film_key(film), pred.card["name"], "lime", 1, s)) is final
+    # the early map already points at the same place
+    assert np.argmax(coarse[0].segment_weights) in final.top_segments(3)
+
+
+def test_cache_returns_the_same_object_and_separates_classes_methods_settings_films(setup):
+    gray, spec, pred, film = setup
+    cache = ExplanationCache(max_items=10)
+    s = LimeSettings(num_samples=60, batch_size=64)
+    a = explain(pred, film, "lime", 1, s, cache=cache)
+    n_batches = len(pred.batches)
+    assert explain(pred, film, "lime", 1, s, cache=cache) is a
+    assert len(pred.batches) == n_batches  # served from the cache: the model did not run
+    b = explain(pred, film, "lime", 0, s, cache=cache)
+    c = explain(pred, film, "gradcam", 1, cache=cache)
+    d = explain(pred, film, "lime", 1, LimeSettings(num_samples=60, batch_size=64, n_segments=45), cache=cache)
+    assert len({id(a), id(b), id(c), id(d)}) == 4 and len(cache) == 4
+    assert b.class_index == 0 and c.method == "gradcam"
+    other = Film(path=Path("/films/other.png"), pixels=textured_film((300, 500), seed=5).astype(np.float32),
+                 kind="raster", bits_stored=8)
+    e = explain(pred, other, "lime", 1, s, cache=cache)
+    assert e is not a and e.film_key != a.film_key  # never the previous film's map
+    # batch size changes speed, not the result: same key
+    assert cache_key("f", "m", "lime", 1, s) == cache_key("f", "m", "lime", 1, LimeSettings(num_samples=60, batch_size=128))
+    cache.invalidate(film_key=film_key(film))
+    assert len(cache) == 1
+
+
+def test_lime_is_reproducible_for_a_seed_and_explains_the_top_class_by_default(setup):
+    gray, _, pred, _ = setup
+    s = LimeSettings(num_samples=80, batch_size=64)
+    a = explain_lime(pred, gray, None, s)
+    b = explain_lime(pred, gray, None, s)
+    assert a.class_index in (0, 1) and np.array_equal(a.segment_weights, b.segment_weights)
+    assert a.probability == pytest.approx(0.5, abs=1e-3)  # the calibrated synthetic model sits mid-range
+
+
+def test_attention_from_the_prediction_and_a_clear_message_without_it(setup):
+    gray, spec, pred, film = setup
+
+    class P:  # a Prediction-like record, as cxrviewer.inference returns it
+        probs = np.array([0.2, 0.8])
+        classes = ("Normal", "Pneumonia")
+        attention = np.outer(np.hanning(14), np.hanning(14)).astype(np.float32)
+        geometry = None
+
+    from cxrviewer.preprocess import fit_to_square
+
+    P.geometry = fit_to_square(gray, 224, "letterbox")[1]
+    e = explain_attention(pred, film, prediction=P)
+    assert e.class_index == 1 and e.class_name == "Pneumonia" and e.probability == pytest.approx(0.8)
+    fm = e.film_map()
+    assert fm.shape == gray.shape and np.unravel_index(np.argmax(fm), fm.shape)[0] in range(120, 180)
+    with pytest.raises(NoAttention, match="no spatial attention; use Grad-CAM"):
+        explain_attention(pred, film)  # the box model has no attention
+
+
+def _pdf_text(data: bytes) -> str:
+    """Text shown by a matplotlib PDF: the strings of Tj/TJ operators in every (deflated) content stream."""
+    chunks = []
+    for m in re.finditer(rb">>\s*stream\r?\n", data):
+        if b"/Subtype /Image" in data[data.rfind(b" obj", 0, m.start()) : m.start()]:
+            continue  # pixels, not text (and scanning them is slow)
+        end = data.find(b"endstream", m.end())
+        body = data[m.end() : end]
+        try:
+            chunks.append(zlib.decompress(body))
+        except zlib.error:
+            chunks.append(body)
+    out = []
+    for c in chunks:
+        for arr in re.findall(rb"\[(.*?)\]\s*TJ", c, re.S):
+            out.append(b"".join(re.findall(rb"\(((?:\\.|[^\\)])*)\)", arr)))
+        out.extend(re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", c))
+    return b"\n".join(out).decode("latin-1").replace("\\", "")
+
+
+@pytest.mark.parametrize("suffix", [".pdf", ".png"])
+def test_report_has_no_identifiers_unless_asked(setup, tmp_path, suffix):
+    from PIL import Image
+
+    gray, _, pred, film = setup
+    expl = explain(pred, film, "gradcam", 1)
+    overlay = render_overlay(expl, gray, OverlaySettings())
+    probs = {"Normal": 0.3, "Pneumonia": 0.7}
+    plain = save_report(tmp_path / f"plain{suffix}", gray, overlay, expl, probs, model_name="Box model",
+                        model_version="0.1", film=film)
+    named = save_report(tmp_path / f"named{suffix}", gray, overlay, expl, probs, model_name="Box model",
+                        model_version="0.1", film=film, include_identifiers=True)
+    raw = plain.read_bytes()
+    if suffix == ".pdf":
+        text, named_text = _pdf_text(raw), _pdf_text(named.read_bytes())
+        assert "Pneumonia" in text and "Decision support only" in text  # the extraction works...
+    for phi in (PHI_NAME, PHI_ID, "Zyxwvut_Quirinus"):
+        assert phi.encode() not in raw
+        if suffix == ".pdf":
+            assert phi not in text  # ...and the identifier is not there
+            assert phi in named_text
+        else:
+            meta = Image.open(plain).info
+            assert not any(phi in str(v) for v in meta.values())
+            assert any(phi in str(v) for v in Image.open(named).info.values())
+
+
+def test_overlay_png_and_side_by_side(setup, tmp_path):
+    from PIL import Image
+
+    gray, _, pred, film = setup
+    expl = explain(pred, film, "gradcam", 1)
+    ov = render_overlay(expl, gray, OverlaySettings(colormap="viridis", opacity=0.6))
+    assert np.array_equal(render_overlay(expl, gray, OverlaySettings(visible=False)), np.repeat(gray[..., None], 3, 2))
+    sbs = side_by_side(gray, ov, gap=6)
+    assert sbs.shape == (300, 1006, 3)
+    p = save_overlay_png(tmp_path / "o.png", sbs)
+    back = np.asarray(Image.open(p))
+    assert np.array_equal(back, sbs) and not Image.open(p).text
+
+
+def test_explain_cli_end_to_end(tmp_path, capsys):
+    pytest.importorskip("cxrviewer.checkpoint")
+    from inference_helpers import make_checkpoint, write_png
+    from PIL import Image
+
+    from cxrviewer.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "tiny.safetensors", sharpen=4.0)
+    film = write_png(tmp_path / "film.png", shape=(320, 288))
+    out, rep = tmp_path / "o.png", tmp_path / "r.pdf"
+    rc = main(["explain", str(film), "--method", "lime", "--model", str(ckpt), "--class", "Pneumonia-Viral",
+               "--samples", "64", "--out", str(out), "--report", str(rep)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "lime for Pneumonia-Viral" in captured.out
+    assert np.asarray(Image.open(out)).shape == (320, 288, 3)
+    assert rep.read_bytes().startswith(b"%PDF") and "Pneumonia-Viral" in _pdf_text(rep.read_bytes())
+    for method in ("attention", "gradcam"):
+        o = tmp_path / f"{method}.png"
+        assert main(["explain", str(film), "--method", method, "--model", str(ckpt), "--out", str(o),
+                     "--side-by-side"]) == 0
+        assert np.asarray(Image.open(o)).shape == (320, 288 * 2 + 8, 3)
+    assert main(["explain", str(film), "--method", "lime", "--model", str(ckpt), "--class", "Nope"]) == 2
+    assert "Nope" in capsys.readouterr().err
+
+
+def test_paired_sampling_and_reused_segments(setup):
+    """Antithetic rows are exact complements (lime's first row, all superpixels on, is kept), and a
+    segmentation passed in is used as is (the bench compares on one shared segmentation)."""
+    from cxrviewer.explain.lime_explainer import _lime_explainer_class
+
+    gray, spec, pred, _ = setup
+    ex = _lime_explainer_class()(random_state=3)
+    ex.paired = True
+    seen = []
+    image = np.repeat(gray[:224, :224, None], 3, axis=2)
+    seg = (np.arange(224)[:, None] // 56 * 4 + np.arange(224)[None, :] // 56).astype(np.int32)  # 16 squares
+    data, labels = ex.data_labels(image, image // 2, seg, lambda imgs: seen.append(len(imgs)) or
+                                  np.zeros((len(imgs), 2)), 9, batch_size=4)
+    assert data.shape == (9, 16) and seen == [4, 4, 1]
+    assert data[0].all() and not data[1].any()
+    assert np.array_equal(data[3], 1 - data[2]) and np.array_equal(data[7], 1 - data[6])
+    e = explain_lime(pred, gray, 1, LimeSettings(num_samples=40, batch_size=64, paired=True),
+                     segments=np.repeat(np.repeat(seg[::56, ::56], 56, 0), 56, 1))
+    assert e.segment_weights.shape == (16,) and np.array_equal(e.segments[::56, ::56], seg[::56, ::56])
