@@ -200,3 +200,34 @@ def test_balanced_sampler_weights_and_epoch_order():
     assert w.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
     assert batch_slices(17, 8) == [(0, 8), (8, 16)]  # a lone last film is dropped (BatchNorm)
     assert batch_slices(18, 8) == [(0, 8), (8, 16), (16, 18)]
+
+
+def test_merge_classes_relabels_without_touching_the_data(dataset):
+    before = snapshot(dataset)
+    plain = D.discover(dataset)
+    merged = D.discover(dataset, merge="AB=Alpha+Beta")
+    assert snapshot(dataset) == before
+    assert merged.classes == ["AB", "Gamma"]
+    assert [merged.classes[s.label] for s in merged.samples] == [
+        "AB" if plain.classes[s.label] in ("Alpha", "Beta") else "Gamma" for s in plain.samples]
+    assert merged.counts() == {"AB": 50, "Gamma": 24}  # broken.png is only dropped at decode
+    assert any("AB = Alpha + Beta" in p for p in merged.problems)
+    assert D.discover(dataset, merge="Alpha=Alpha; Rest=Beta+Gamma").classes == ["Alpha", "Rest"]
+    for bad, words in (("AB=Alpha+Delta", "Delta"), ("Alpha+Beta", r"NEW=old1\+old2"),
+                       ("X=Alpha;Y=Alpha", "twice"), ("All=Alpha+Beta+Gamma", "one class")):
+        with pytest.raises(D.DataError, match=words):
+            D.discover(dataset, merge=bad)
+
+
+def test_fit_cli_trains_the_merged_task(dataset, tmp_path):
+    from trainer.cli import main
+    from cxrviewer.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    rc = main(["fit", str(dataset), "--arch", "squeezenet", "--recipe", "smoke", "--epochs", "1", "--quiet",
+               "--pretrained", "none", "--threads", "1", "--out", str(out),
+               "--merge-classes", "AB=Alpha+Beta"])
+    assert rc == 0
+    _, card = load_checkpoint(out / "best.safetensors")
+    assert card["classes"] == ["AB", "Gamma"]
+    assert "--merge-classes AB=Alpha+Beta" in card["training"]["command"]

@@ -27,6 +27,9 @@ def _common_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient-pattern", metavar="REGEX",
                    help="regular expression on file names giving the patient (named group 'patient', else group 1, "
                         "else the whole match); a CSV patient column wins, DICOM PatientID is used when neither applies")
+    p.add_argument("--merge-classes", metavar="NEW=OLD+OLD", default=None,
+                   help="relabel without touching the data, e.g. 'Pneumonia=Pneumonia-Bacterial+Pneumonia-Viral'; "
+                        "several merges separated by ';'")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--progress-jsonl", nargs="?", const="-", default=None, metavar="PATH",
                    help="write machine-readable progress events as JSON lines to PATH, or to stdout when no PATH "
@@ -142,7 +145,8 @@ def cmd_fit(args, argv) -> int:
     progress = Progress.from_target(args.progress_jsonl, args.quiet)
     try:
         opts = FitOptions(data=args.data, out=out, recipe=recipe, arch=args.arch, seed=args.seed, device=args.device,
-                          patient_pattern=args.patient_pattern, split_file=args.split_file, resume=args.resume,
+                          patient_pattern=args.patient_pattern, merge_classes=args.merge_classes,
+                          split_file=args.split_file, resume=args.resume,
                           pretrained=args.pretrained, name=args.name, command=_command_line(argv),
                           decode_workers=args.workers, stop_after_epoch=args.stop_after_epoch, amp=not args.no_amp,
                           deterministic=not args.no_deterministic)
@@ -173,7 +177,8 @@ def cmd_evaluate(args, argv) -> int:
     progress = Progress.from_target(args.progress_jsonl, args.quiet)
     try:
         evaluate_checkpoint(args.checkpoint, args.data, out, device=args.device, progress=progress,
-                            patient_pattern=args.patient_pattern, command=_command_line(argv))
+                            patient_pattern=args.patient_pattern, command=_command_line(argv),
+                            merge_classes=args.merge_classes)
         return EXIT_OK
     finally:
         progress.close()
@@ -197,7 +202,7 @@ def cmd_compare(args, argv) -> int:
         model_info(a)  # unknown names fail before any decoding
     progress = Progress.from_target(args.progress_jsonl, args.quiet)
     try:
-        src = D.discover(args.data, args.patient_pattern)
+        src = D.discover(args.data, args.patient_pattern, args.merge_classes)
         progress.say(f"loading {len(src.samples)} films once for {len(archs)} architectures")
         fs = D.decode(src, recipe.input_size, recipe.resize, workers=args.workers or None)
         if args.split_file:

@@ -28,7 +28,7 @@ import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -149,8 +149,10 @@ def _apply_pattern(samples: list, pattern: Optional[str], problems: list) -> Non
         )
 
 
-def discover(path, patient_pattern: Optional[str] = None) -> DataSource:
-    """Find classes and films without decoding anything. Raises :class:`DataError` for unusable input."""
+def discover(path, patient_pattern: Optional[str] = None, merge: Optional[str] = None) -> DataSource:
+    """Find classes and films without decoding anything. Raises :class:`DataError` for unusable input.
+
+    ``merge`` relabels without touching the data folder (see :func:`merge_classes`)."""
     origin = Path(path).expanduser()
     if not origin.exists():
         raise DataError(f"{origin} does not exist")
@@ -166,8 +168,55 @@ def discover(path, patient_pattern: Optional[str] = None) -> DataSource:
         else:
             src = _read_folders(origin, problems)
     _apply_pattern(src.samples, patient_pattern, src.problems)
+    if merge:
+        src = merge_classes(src, merge)
     _refuse_unusable(src)
     return src
+
+
+def parse_merge(spec: str) -> dict:
+    """``"NEW=old1+old2;NEW2=old3"`` -> ``{"old1": "NEW", "old2": "NEW", "old3": "NEW2"}``.
+
+    Papers pose the same films as different tasks (seed 004 merges the two pneumonia folders of seed 002's
+    data into one class); a spelling on the command line keeps the run reproducible from its recorded
+    command, with no relabelled copy of the data to keep in step."""
+    mapping: dict = {}
+    for part in (x.strip() for x in spec.split(";")):
+        if not part:
+            continue
+        new, sep, olds = part.partition("=")
+        new = new.strip()
+        names = [o.strip() for o in olds.split("+") if o.strip()]
+        if not sep or not new or not names:
+            raise DataError(f"cannot read class merge {part!r}: write NEW=old1+old2, several separated by ';'")
+        for o in names:
+            if o in mapping:
+                raise DataError(f"class {o!r} is merged twice in {spec!r}")
+            mapping[o] = new
+    if not mapping:
+        raise DataError(f"class merge {spec!r} names no classes")
+    return mapping
+
+
+def merge_classes(src: DataSource, spec: str) -> DataSource:
+    """Relabel ``src`` by a merge spec; classes not named keep their label. Unknown names are refused so
+    a typo cannot silently train a different task."""
+    mapping = parse_merge(spec)
+    unknown = sorted(set(mapping) - set(src.classes))
+    if unknown:
+        raise DataError(f"cannot merge {', '.join(map(repr, unknown))}: the data's classes are "
+                        f"{', '.join(src.classes)}")
+    classes: list = []
+    for c in src.classes:
+        name = mapping.get(c, c)
+        if name not in classes:
+            classes.append(name)
+    index = [classes.index(mapping.get(c, c)) for c in src.classes]
+    samples = [replace(s, label=index[s.label]) for s in src.samples]
+    groups = {new: [o for o in src.classes if mapping.get(o, o) == new] for new in classes}
+    merged = "; ".join(f"{new} = {' + '.join(olds)}" for new, olds in groups.items() if olds != [new])
+    problems = src.problems + [f"classes merged: {merged}"]
+    return replace(src, classes=classes, samples=samples, problems=problems)
 
 
 def _read_folders(root: Path, problems: list) -> DataSource:

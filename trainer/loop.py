@@ -69,6 +69,7 @@ class FitOptions:
     seed: int = 0
     device: Optional[str] = None
     patient_pattern: Optional[str] = None
+    merge_classes: Optional[str] = None  # "NEW=old1+old2;..." (trainer.data.parse_merge)
     split_file: Optional[Path] = None
     resume: bool = False
     pretrained: Any = "auto"  # "auto" (the recipe's choice), "none", "hub", "imagenet-offline", or a path
@@ -374,7 +375,7 @@ def prepare_data(opts: FitOptions, progress: Progress) -> tuple:
     r = opts.recipe
     fs = opts.filmset
     if fs is None:
-        src = D.discover(opts.data, opts.patient_pattern)
+        src = D.discover(opts.data, opts.patient_pattern, opts.merge_classes)
         progress.emit("phase", phase="loading", done=0, total=len(src.samples))
         progress.say(f"loading {len(src.samples)} films from {src.origin} ({src.kind}, {len(src.classes)} classes)")
         fs = D.decode(src, r.input_size, r.resize, workers=opts.decode_workers or None,
@@ -728,7 +729,8 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
 # --- evaluate a checkpoint ----------------------------------------------------------------------------------
 
 def evaluate_checkpoint(checkpoint, data, out, device=None, progress: Optional[Progress] = None,
-                        patient_pattern: Optional[str] = None, command: str = "") -> dict:
+                        patient_pattern: Optional[str] = None, command: str = "",
+                        merge_classes: Optional[str] = None) -> dict:
     """Evaluate any checkpoint on a labelled folder/CSV: every readable film, the card's preprocessing and
     temperature; the same metrics, plots and report as a training run."""
     from cxrviewer.checkpoint import card_spec, load_checkpoint
@@ -741,7 +743,7 @@ def evaluate_checkpoint(checkpoint, data, out, device=None, progress: Optional[P
     model, card = load_checkpoint(checkpoint, device=dev)
     spec = card_spec(card)
     classes = list(card["classes"])
-    src = D.discover(data, patient_pattern)
+    src = D.discover(data, patient_pattern, merge_classes)
     unknown = [c for c in src.classes if c not in classes]
     if unknown:
         raise D.DataError(f"class folder(s) {', '.join(map(repr, unknown))} are not classes of this model "
