@@ -59,6 +59,7 @@ from cxrviewer.explain.types import NoAttention  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
 from cxrviewer.film.display import render  # noqa: E402
 from cxrviewer.preprocess import PreprocessSpec, fit_to_square, normalise  # noqa: E402
+from cxrviewer.testing import spread_outputs  # noqa: E402
 
 ATTENTION_MODELS = ["mobilenet_lung", "cs_convnext", "da_covidnet", "dpn_se", "fusion_tl"]
 CLASSES = ["Normal", "Pneumonia", "COVID-19"]
@@ -85,27 +86,11 @@ def pick_films(n: int) -> list:
     return out[:n]
 
 
-def realistic(model: nn.Module, grays: list, spec: PreprocessSpec) -> nn.Module:
-    """Batch-norm statistics from real films and a classifier with logit spread ~3 (random-init nets give
-    nearly constant outputs, which no explainer can explain)."""
+def realistic(model: nn.Module, grays: list, spec: PreprocessSpec, restat_bn: bool = True) -> nn.Module:
+    """Outputs that vary from film to film like a trained model's (random-init nets give nearly constant
+    outputs, which no explainer can explain); ``restat_bn=False`` keeps an ImageNet backbone as it is."""
     x = torch.from_numpy(np.stack([normalise(fit_to_square(g, spec.input_size, spec.resize)[0], spec) for g in grays]))
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        if bns:
-            model(x)
-        model.eval()
-        for bn in bns:
-            bn.momentum = 0.1
-        _, f = model.forward_with_features(x)
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        w = torch.randn(lin.out_features, lin.in_features, generator=torch.Generator().manual_seed(0))
-        lin.weight.copy_(3.0 * w / (f.std(0) + 1e-6) / lin.in_features ** 0.5)
-        lin.bias.copy_(-(lin.weight @ f.mean(0)))
-    return model
+    return spread_outputs(model, x, restat_bn=restat_bn)
 
 
 def build_predictor(name_or_path: str, calib_grays: list):
@@ -122,27 +107,15 @@ def build_predictor(name_or_path: str, calib_grays: list):
             pretrained = "imagenet-offline" if name_or_path == "mobilenet_lung" else None
             model = create_model(name_or_path, len(CLASSES), pretrained=pretrained).eval()
         spec = PreprocessSpec()
-        if pretrained is None:
-            model = realistic(model, calib_grays, spec)
-        else:  # keep the ImageNet backbone, spread the new head
-            model = realistic_head_only(model, calib_grays, spec)
+        model = realistic(model, calib_grays, spec, restat_bn=pretrained is None)  # keep an ImageNet backbone
         pred = Predictor(model, card_defaults(model, CLASSES, name=name_or_path), torch.device("cpu"))
     pred.prepare_fast()
     return pred
 
 
-def realistic_head_only(model, grays, spec):
-    x = torch.from_numpy(np.stack([normalise(fit_to_square(g, spec.input_size, spec.resize)[0], spec) for g in grays]))
-    with torch.no_grad():
-        _, f = model.forward_with_features(x)
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        w = torch.randn(lin.out_features, lin.in_features, generator=torch.Generator().manual_seed(0))
-        lin.weight.copy_(3.0 * w / (f.std(0) + 1e-6) / lin.in_features ** 0.5)
-        lin.bias.copy_(-(lin.weight @ f.mean(0)))
-    return model
-
-
 # --- lime pieces ---------------------------------------------------------------------------------------
+
+
 def plain_predict(model, spec):
     """The reference's predict function: uint8 RGB batch -> fp32 eager softmax, NCHW."""
     def predict(imgs):

@@ -39,51 +39,18 @@ from cxrviewer.device import describe_device, select_device  # noqa: E402
 from cxrviewer.inference import FAST_TOLERANCE, Predictor  # noqa: E402
 from cxrviewer.models import create_model, list_models  # noqa: E402
 from cxrviewer.preprocess import PreprocessSpec, preprocess_gray  # noqa: E402
+from cxrviewer.testing import chest_like, spread_outputs  # noqa: E402
 
 CLASSES = ["Normal", "Pneumonia", "COVID-19"]
 
 
-def film_like(seed: int, h: int = 320, w: int = 288) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = h * 0.5, w * 0.5
-    img = 200 - 120 * (np.exp(-(((xx - cx * 0.6) / (w * 0.16)) ** 2 + ((yy - cy) / (h * 0.3)) ** 2))
-                       + np.exp(-(((xx - cx * 1.4) / (w * 0.16)) ** 2 + ((yy - cy) / (h * 0.3)) ** 2)))
-    img += 25 * np.sin(yy / (h / 14.0) + rng.uniform(0, 6.28)) * (np.abs(xx - cx) > w * 0.1)
-    img += rng.normal(0, 8, size=(h, w))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def inputs(n: int, seed: int = 0) -> torch.Tensor:
     spec = PreprocessSpec()
-    return torch.from_numpy(np.stack([preprocess_gray(film_like(seed + i), spec)[0] for i in range(n)]))
+    return torch.from_numpy(np.stack([preprocess_gray(chest_like(seed=seed + i), spec)[0] for i in range(n)]))
 
 
 def _realistic(model: nn.Module, n: int = 8) -> nn.Module:
-    """Batch-norm statistics from film-like inputs and a classifier spreading the logits (std 3)."""
-    x = inputs(n, seed=1000)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-        model.eval()
-        for bn in bns:
-            bn.momentum = 0.1
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        seen = []  # the last linear layer's input (multi-layer heads: not the pooled features)
-        hook = lin.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
-        model(x)
-        hook.remove()
-        f = seen[-1]
-        mu = f.mean(0)
-        w = torch.randn(lin.out_features, lin.in_features, generator=torch.Generator().manual_seed(0))
-        spread = ((f - mu) @ w.T).std(0) + 1e-6  # scale directions as a whole, not per feature
-        lin.weight.copy_(w * (3.0 / spread)[:, None])
-        lin.bias.copy_(-(lin.weight @ mu))
-    return model
+    return spread_outputs(model, inputs(n, seed=1000))
 
 
 def timed_round_robin(fns: dict, repeats: int) -> dict:

@@ -75,7 +75,6 @@ def decoder_alone(path: Path) -> np.ndarray:
 
 def make_big_dicom(folder: Path, size: int = 3000) -> Path:
     """A 3000×3000 16-bit (12 stored) MONOCHROME1 CR with rescale and a window, uncompressed."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

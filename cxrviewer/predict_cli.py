@@ -19,21 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-USAGE_ERROR = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would sys.exit; main() returns codes instead
-        self.print_usage(sys.stderr)
-        raise _UsageError(f"{self.prog}: error: {message}")
-
-
-class _UsageError(Exception):
-    pass
+from cxrviewer.cli_support import Parser, err as _err, open_predictor, parse_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cxrviewer predict", description="Print a model's class probabilities for chest films.")
+    p = Parser(prog="cxrviewer predict", description="Print a model's class probabilities for chest films.")
     p.add_argument("films", nargs="+", metavar="FILM_OR_FOLDER", help="films (DICOM or images) or folders of films")
     p.add_argument("--model", metavar="NAME_OR_PATH",
                    help="model name (bundled or installed) or a .safetensors file; default: the bundled default")
@@ -41,10 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--csv", metavar="OUT", help="also write the results as CSV to OUT")
     return p
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _expand(inputs) -> tuple:
@@ -88,15 +74,10 @@ def _table_text(rows, classes) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as e:
-        _err(str(e))
-        return USAGE_ERROR
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
 
-    from cxrviewer.checkpoint import CheckpointError
     from cxrviewer.film import FilmError, load_film
 
     films, any_folder, missing = _expand(args.films)
@@ -105,34 +86,9 @@ def main(argv=None) -> int:
         _err(f"Cannot open {p.name}: no such file or folder")
         failed += 1
 
-    from cxrviewer.device import select_device
-    from cxrviewer.inference import Predictor
-    from cxrviewer.model_store import default_model_entry, find_model
-
-    try:
-        device_notices: list = []
-        device = select_device(args.device, device_notices)
-    except ValueError as e:
-        _err(f"cxrviewer predict: {e}")
-        return USAGE_ERROR
-    try:
-        entry = find_model(args.model) if args.model else default_model_entry()
-    except LookupError as e:
-        _err(f"cxrviewer predict: {e.args[0] if e.args else e}")
-        return USAGE_ERROR
-    except CheckpointError as e:
-        _err(str(e))
-        return 1
-    if entry is None:
-        _err("cxrviewer predict: no model is installed; pass --model PATH.safetensors")
-        return USAGE_ERROR
-    try:
-        predictor = Predictor.from_checkpoint(entry.path, device)
-    except CheckpointError as e:
-        _err(str(e))
-        return 1
-    for n in device_notices + predictor.notices:
-        _err(f"note: {n}")
+    predictor = open_predictor("cxrviewer predict", args.model, args.device)
+    if isinstance(predictor, int):
+        return predictor
 
     rows = []
     seen_notices = len(predictor.notices)

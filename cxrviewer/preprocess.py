@@ -12,7 +12,7 @@ loader refuses a model trained with a different version.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image

@@ -18,6 +18,7 @@ from torch import nn
 from cxrviewer.checkpoint import METADATA_KEY, card_defaults, save_checkpoint
 from cxrviewer.models import CXRModel, create_model, list_models
 from cxrviewer.models import registry as _registry
+from cxrviewer.testing import chest_like, spread_outputs  # noqa: F401  (chest_like: re-exported for tests)
 
 TINY = "tiny_test_cnn"
 CLASSES3 = ["Normal", "Pneumonia-Bacterial", "Pneumonia-Viral"]
@@ -80,44 +81,13 @@ SHARED_MOBILENET = Path(__file__).resolve().parents[2] / "shared" / "weights" / 
 
 
 def calibrate(model, spec=None, n: int = 8, logit_scale: float = 3.0, seed: int = 0):
-    """Make a randomly initialised network behave like a trained one for numerical tests.
-
-    A deep random network's pooled features barely depend on its input (activations collapse), so its
-    probabilities are the same for every film and any fast/exact difference would be invisible. Here
-    the batch-norm statistics are re-estimated on film-like inputs (so activations are normalised, as
-    after training) and the classifier is set so logits spread with standard deviation ``logit_scale``
-    across those inputs, giving confident, input-dependent predictions."""
+    """Make a randomly initialised network behave like a trained one for numerical tests, on ``n``
+    chest-like films (see :func:`cxrviewer.testing.spread_outputs`)."""
     from cxrviewer.preprocess import PreprocessSpec, preprocess_gray
 
     spec = spec or PreprocessSpec()
     x = np.stack([preprocess_gray(chest_like(seed=1000 + seed + i), spec)[0] for i in range(n)])
-    x = torch.from_numpy(x)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
-    for bn in bns:
-        bn.momentum = 0.1
-    with torch.no_grad():
-        lin = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        seen = []  # the last linear layer's input (multi-layer heads: not the pooled features)
-        hook = lin.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
-        model(x)
-        hook.remove()
-        f = seen[-1]
-        mu = f.mean(0)
-        g = torch.Generator().manual_seed(seed)
-        # random directions in feature space, scaled as a whole (not per feature: dividing by each
-        # feature's spread would give near-constant features huge weights, which no trained head has)
-        w = torch.randn(lin.out_features, lin.in_features, generator=g)
-        spread = ((f - mu) @ w.T).std(0) + 1e-6
-        lin.weight.copy_(w * (logit_scale / spread)[:, None])
-        lin.bias.copy_(-(lin.weight @ mu))
-    return model
+    return spread_outputs(model, torch.from_numpy(x), logit_scale, seed)
 
 
 def realistic_mobilenet_lung(classes=("Normal", "Lung Opacity", "Viral Pneumonia"), seed: int = 0):
@@ -145,19 +115,6 @@ def write_raw(path, tensors: dict, card=None, extra_meta=None) -> Path:
         meta[METADATA_KEY] = card if isinstance(card, str) else json.dumps(card)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta or None)
     return Path(path)
-
-
-def chest_like(h: int = 320, w: int = 288, seed: int = 0) -> np.ndarray:
-    """A synthetic uint8 film with chest-radiograph structure (dark lungs, bright mediastinum and
-    ribs, noise), so tests see realistic input statistics rather than white noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = h * 0.5, w * 0.5
-    img = 200 - 120 * (np.exp(-(((xx - cx * 0.6) / (w * 0.16)) ** 2 + ((yy - cy) / (h * 0.3)) ** 2))
-                       + np.exp(-(((xx - cx * 1.4) / (w * 0.16)) ** 2 + ((yy - cy) / (h * 0.3)) ** 2)))
-    img += 25 * np.sin(yy / (h / 14.0) + rng.uniform(0, 6.28)) * (np.abs(xx - cx) > w * 0.1)
-    img += rng.normal(0, 8, size=(h, w))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def write_png(path, seed: int = 0, shape=(320, 288)) -> Path:

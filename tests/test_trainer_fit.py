@@ -175,3 +175,43 @@ def test_compare_trains_each_architecture_on_one_split(dataset, tmp_path, one_th
         assert json.loads((out / arch / "split.json").read_text())["films"] == shared
     md = (out / "compare.md").read_text()
     assert "| mobilenet_lung |" in md and "| mobilenetv2 |" in md
+
+
+def test_publish_writes_a_complete_model_card(full_run, tmp_path, capsys, monkeypatch):
+    from cxrviewer.checkpoint import load_checkpoint
+    from cxrviewer.model_store import default_model_entry, discover_models
+
+    res, _, _ = full_run
+    text = {"display_name": "Synthetic stripes", "version": "2.1", "data": "74 synthetic films",
+            "limits": "stripes only; not for diagnosis", "licence": "CC0"}
+    (tmp_path / "card.json").write_text(json.dumps(text))
+    models = tmp_path / "models"
+    models.mkdir()
+    out = models / "stripes.safetensors"
+    assert main(["publish", str(res.run_dir), "--card", str(tmp_path / "card.json"), "--out", str(out),
+                 "--default"]) == 0
+    assert "Synthetic stripes" in capsys.readouterr().out
+    _, card = load_checkpoint(out)
+    assert card["display_name"] == "Synthetic stripes" and card["version"] == "2.1" and card["default"] is True
+    assert card["card"] == {k: text[k] for k in ("data", "limits", "licence")}
+    test = card["training"]["metrics"]["test"]
+    metrics = json.loads((res.run_dir / "metrics.json").read_text())["test"]
+    assert test["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert test["confusion_matrix"] == metrics["confusion_matrix"]
+    assert sum(map(sum, test["confusion_matrix"])) == test["n"] > 0
+    assert set(test["per_class"]) == {"Alpha", "Beta", "Gamma"}
+    assert {"recall", "precision", "f1", "support", "auc"} <= set(test["per_class"]["Beta"])
+    assert test["ece_after_temperature"] is not None
+    assert card["training"]["train_seconds"] > 0 and card["training"]["command"] == "cxr-train fit (test)"
+
+    # the viewer's model discovery picks it as the default when it is bundled
+    from cxrviewer import paths
+
+    monkeypatch.setattr(paths, "bundled_models_dir", lambda: models)
+    entry = default_model_entry(discover_models()[0])
+    assert entry is not None and entry.path == out
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"display_name": "x", "accuracy": 0.99}))  # numbers come from the run, not by hand
+    assert main(["publish", str(res.run_dir), "--card", str(bad), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "accuracy" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(c)
     _common_data(c)
 
+    from trainer.publish import add_parser as add_publish
+
+    add_publish(sub)
+
     r = sub.add_parser("recipes", help="list the recipes, or show one")
     r.add_argument("name", nargs="?")
     r.add_argument("--json", action="store_true")
@@ -277,6 +281,10 @@ def main(argv=None) -> int:
             return cmd_evaluate(args, argv)
         if args.cmd == "compare":
             return cmd_compare(args, argv)
+        if args.cmd == "publish":
+            from trainer.publish import main_publish
+
+            return main_publish(args)
     except KeyboardInterrupt:  # Ctrl-C before training started (reading films): nothing to keep
         print("cxr-train: stopped", file=sys.stderr)
         return EXIT_STOPPED
@@ -296,7 +304,9 @@ def main(argv=None) -> int:
         if isinstance(e, TrainingInterrupted):
             print(f"cxr-train: {e}", file=sys.stderr)
             return EXIT_STOPPED
-        if isinstance(e, StateError):
+        from trainer.publish import PublishError
+
+        if isinstance(e, (StateError, PublishError)):
             _fail(args, f"cxr-train: {e}")
             return EXIT_USAGE
         try:

@@ -45,7 +45,8 @@ from torch import nn
 
 from trainer import data as D
 from trainer.augment import Augmenter, sample_generator
-from trainer.metrics import classification_metrics, evaluate_logits, fit_temperature, metric_value, softmax, summary_row
+from trainer.metrics import (card_metrics as card_metrics_of, classification_metrics, evaluate_logits, fit_temperature,
+                             metric_value, softmax, summary_row)
 from trainer.progress import NullProgress, Progress
 from trainer.recipes import Recipe
 from trainer.state import STATE_FILE, StateError, load_state, save_state
@@ -695,9 +696,8 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         "stopped_early": info["stopped_early"],
         "skipped": [{"path": p, "reason": why} for p, why in fs.skipped],
     }
-    card_metrics = {"val": summary_row(val_metrics), "test": summary_row(test_metrics) if test_metrics else None,
-                    "temperature": temperature, "ece_val_before": val_metrics.get("ece_before_temperature"),
-                    "ece_val_after": val_metrics.get("ece_after_temperature")}
+    card_metrics = {"val": card_metrics_of(val_metrics), "test": card_metrics_of(test_metrics),
+                    "temperature": temperature}
     card = card_defaults(model, classes, spec, name=card_base["name"], temperature=temperature,
                          training=_card_training(opts, info, fingerprint, card_metrics, device),
                          card={"description": f"{opts.arch} trained with the {opts.recipe.name} recipe on "

@@ -170,6 +170,25 @@ def metric_value(metrics: dict, name: str) -> float:
     return float(v) if v is not None else float("-inf")
 
 
+def card_metrics(metrics: Optional[dict]) -> Optional[dict]:
+    """What a model card carries about one split: the table row plus what a reader needs to judge the model
+    per class (recall, precision, AUC, support), the confusion matrix (rows: true class) and calibration
+    before and after temperature scaling. Curves stay in the run's ``metrics.json``."""
+    if not metrics:
+        return None
+    out = summary_row(metrics)
+    out["n"] = int(sum(v.get("support", 0) for v in (metrics.get("per_class") or {}).values()))
+    out["per_class"] = {c: {k: v.get(k) for k in ("recall", "precision", "f1", "support")}
+                        for c, v in (metrics.get("per_class") or {}).items()}
+    for c, a in (metrics.get("auc") or {}).items():
+        if c in out["per_class"]:
+            out["per_class"][c]["auc"] = a
+    out["confusion_matrix"] = metrics.get("confusion_matrix")
+    out["ece_before_temperature"] = metrics.get("ece_before_temperature")
+    out["ece_after_temperature"] = metrics.get("ece_after_temperature")
+    return out
+
+
 def summary_row(metrics: dict) -> dict:
     """The compact columns of a paper's results table."""
     return {

@@ -15,17 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-USAGE_ERROR = 2
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        raise _UsageError(f"{self.prog}: error: {message}")
+from cxrviewer.cli_support import USAGE_ERROR, Parser, UsageError, err as _err, open_predictor, parse_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cxrviewer.explain.overlay import COLORMAPS, OverlaySettings
 
     d, o = LimeSettings(), OverlaySettings()
-    p = _Parser(prog="cxrviewer explain", description="Show where a model looked on a chest film.")
+    p = Parser(prog="cxrviewer explain", description="Show where a model looked on a chest film.")
     p.add_argument("film", metavar="FILM", help="a DICOM or image file")
     p.add_argument("--method", required=True, choices=("lime", "attention", "gradcam"))
     p.add_argument("--model", metavar="NAME_OR_PATH", help="model name or .safetensors file (default: the bundled default)")
@@ -58,30 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _class_index(spec: str, classes) -> int:
     names = [c.lower() for c in classes]
     if spec.lower() in names:
         return names.index(spec.lower())
     if spec.isdigit() and int(spec) < len(classes):
         return int(spec)
-    raise _UsageError(f"cxrviewer explain: no class {spec!r}; the model's classes are: {', '.join(classes)}")
+    raise UsageError(f"cxrviewer explain: no class {spec!r}; the model's classes are: {', '.join(classes)}")
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as e:
-        _err(str(e))
-        return USAGE_ERROR
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
 
-    from cxrviewer.checkpoint import CheckpointError
     from cxrviewer.explain import Cancelled, NoAttention, explain
     from cxrviewer.explain.lime_explainer import LimeSettings
     from cxrviewer.explain.overlay import OverlaySettings, render_overlay, side_by_side
@@ -98,32 +79,12 @@ def main(argv=None) -> int:
         _err(f"cxrviewer explain: {e}")
         return USAGE_ERROR
 
-    from cxrviewer.device import select_device
-    from cxrviewer.inference import Predictor
-    from cxrviewer.model_store import default_model_entry, find_model
-
-    try:
-        device = select_device(args.device, [])
-        entry = find_model(args.model) if args.model else default_model_entry()
-    except (ValueError, LookupError) as e:
-        _err(f"cxrviewer explain: {e.args[0] if e.args else e}")
-        return USAGE_ERROR
-    except CheckpointError as e:
-        _err(str(e))
-        return 1
-    if entry is None:
-        _err("cxrviewer explain: no model is installed; pass --model PATH.safetensors")
-        return USAGE_ERROR
-    try:
-        predictor = Predictor.from_checkpoint(entry.path, device)
-    except CheckpointError as e:
-        _err(str(e))
-        return 1
-    for n in predictor.notices:
-        _err(f"note: {n}")
+    predictor = open_predictor("cxrviewer explain", args.model, args.device)
+    if isinstance(predictor, int):
+        return predictor
     try:
         class_index = _class_index(args.class_name, predictor.classes) if args.class_name else None
-    except _UsageError as e:
+    except UsageError as e:
         _err(str(e))
         return USAGE_ERROR
 

@@ -142,25 +142,13 @@ def build_report_figure(
     return fig
 
 
-def save_report(
-    path,
-    film_image: np.ndarray,
-    overlay: np.ndarray,
-    explanation,
-    prediction=None,
-    *,
-    model_name: str = "",
-    model_version: str = "",
-    film=None,
-    include_identifiers: bool = False,
-    date: Optional[_dt.datetime] = None,
-    legend: Optional[str] = None,
-) -> Path:
-    """Write the one-page report; the format follows the suffix (.pdf, else PNG)."""
+def save_report(path, film_image: np.ndarray, overlay: np.ndarray, explanation, prediction=None, **page) -> Path:
+    """Write the one-page report; the format follows the suffix (.pdf, else PNG). ``page`` takes
+    :func:`build_report_figure`'s keyword arguments; identifiers reach the file's metadata only with
+    ``include_identifiers=True``, as on the page."""
     path = Path(path)
-    fig = build_report_figure(film_image, overlay, explanation, prediction, model_name=model_name,
-                              model_version=model_version, film=film, include_identifiers=include_identifiers,
-                              date=date, legend=legend)
+    fig = build_report_figure(film_image, overlay, explanation, prediction, **page)
+    film, include_identifiers = page.get("film"), page.get("include_identifiers", False)
     pdf = path.suffix.lower() == ".pdf"
     subject = f"{METHOD_TITLES.get(explanation.method, explanation.method)} explanation"
     meta = {"Title": "CXR Viewer explanation report", "Software" if not pdf else "Creator": f"CXR Viewer {__version__}"}

@@ -61,6 +61,58 @@ class ModelSelector(QComboBox):
         self.modelChosen.emit(key)
 
 
+def _num(v, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _split_html(title: str, m: dict, classes: list) -> str:
+    """One split's numbers as a reader wants them: the headline row, per-class recall (what a missed class
+    costs), the confusion matrix (which classes are confused), calibration (can the percentages be read)."""
+    esc = html.escape
+    n = f" ({m['n']} films)" if m.get("n") else ""
+    head = [("Accuracy", m.get("accuracy")), ("Macro F1", m.get("macro_f1")), ("Macro AUC", m.get("macro_auc"))]
+    ece = ""
+    if m.get("ece_before_temperature") is not None or m.get("ece_after_temperature") is not None:
+        ece = (f"<p>Calibration error (ECE): {_num(m.get('ece_before_temperature'))} before temperature scaling, "
+               f"{_num(m.get('ece_after_temperature'))} after.</p>")
+    elif m.get("ece") is not None:
+        ece = f"<p>Calibration error (ECE): {_num(m.get('ece'))}.</p>"
+    out = [f"<h4>{esc(title)}{esc(n)}</h4><table>"
+           + "".join(f"<tr><td>{k}&nbsp;&nbsp;</td><td>{_num(v)}</td></tr>" for k, v in head) + "</table>" + ece]
+    pc = m.get("per_class") or {}
+    if pc:
+        out.append("<table border='1' cellspacing='0' cellpadding='3'><tr><th>class</th><th>recall</th>"
+                   "<th>precision</th><th>AUC</th><th>films</th></tr>")
+        for c, v in pc.items():
+            out.append(f"<tr><td>{esc(str(c))}</td><td>{_num(v.get('recall'))}</td><td>{_num(v.get('precision'))}</td>"
+                       f"<td>{_num(v.get('auc'))}</td><td>{esc(str(v.get('support', '')))}</td></tr>")
+        out.append("</table>")
+    cm = m.get("confusion_matrix")
+    if cm and len(cm) == len(classes):
+        out.append("<p>Confusion matrix (rows: true class, columns: predicted):</p>"
+                   "<table border='1' cellspacing='0' cellpadding='3'><tr><th></th>"
+                   + "".join(f"<th>{esc(c)}</th>" for c in classes) + "</tr>")
+        for c, row in zip(classes, cm):
+            out.append(f"<tr><th>{esc(c)}</th>" + "".join(f"<td align='right'>{int(v)}</td>" for v in row) + "</tr>")
+        out.append("</table>")
+    return "".join(out)
+
+
+def _metrics_html(metrics: dict, classes: list) -> str:
+    out = ["<h3>Metrics</h3>"]
+    for key, title in (("test", "Held-out test split"), ("val", "Validation split")):
+        if isinstance(metrics.get(key), dict):
+            out.append(_split_html(title, metrics[key], classes))
+    rest = {k: v for k, v in metrics.items() if k not in ("test", "val") and v not in (None, "", [], {})}
+    if rest:
+        out.append("<table>")
+        for k, v in rest.items():
+            v = _num(v, 4) if isinstance(v, float) else (json.dumps(v)[:300] if isinstance(v, (dict, list)) else v)
+            out.append(f"<tr><td>{html.escape(str(k))}&nbsp;&nbsp;</td><td>{html.escape(str(v))}</td></tr>")
+        out.append("</table>")
+    return "".join(out)
+
+
 def card_html(choice) -> str:
     """The model card as HTML: what it is, the data, the metrics, the limits, provenance."""
     meta = choice.metadata or {}
@@ -82,20 +134,17 @@ def card_html(choice) -> str:
     if meta.get("temperature") not in (None, ""):
         facts.append(("Calibration temperature", meta.get("temperature")))
     out.append("<table>" + "".join(f"<tr><td><b>{esc(k)}</b>&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>" for k, v in facts if v not in (None, "")) + "</table>")
-    for title, key in (("Description", "description"), ("Training data", "data"), ("Limits", "limits"), ("Licence", "licence")):
+    for title, key in (("Description", "description"), ("Intended use", "intended_use"), ("Training data", "data"),
+                       ("Limits", "limits"), ("Licence", "licence")):
         if card.get(key):
             out.append(f"<h3>{title}</h3><p>{esc(card[key])}</p>")
     metrics = training.get("metrics") or {}
     if metrics:
-        out.append("<h3>Metrics</h3><table>")
-        for k, v in metrics.items():
-            if isinstance(v, float):
-                v = f"{v:.4f}"
-            elif isinstance(v, (dict, list)):
-                v = json.dumps(v)[:300]
-            out.append(f"<tr><td>{esc(k)}&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>")
-        out.append("</table>")
-    prov = [(k, training.get(k)) for k in ("epochs", "date", "data_fingerprint", "hardware", "command") if training.get(k)]
+        out.append(_metrics_html(metrics, list(choice.classes)))
+    if card.get("training_notes"):
+        out.append(f"<h3>How it was trained</h3><p>{esc(card['training_notes'])}</p>")
+    prov = [(k, training.get(k)) for k in ("epochs", "best_epoch", "date", "train_seconds", "data_fingerprint",
+                                           "hardware", "command") if training.get(k)]
     if prov:
         out.append("<h3>Provenance</h3><table>" + "".join(f"<tr><td>{esc(k)}&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>" for k, v in prov) + "</table>")
     if not card and not metrics:
