@@ -91,18 +91,10 @@ class Recipe:
 def validate(r: Recipe) -> Recipe:
     """Refuse values the loop cannot honour, with a message naming the field."""
     problems = []
-    if r.optimizer not in OPTIMIZERS:
-        problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-    if r.schedule not in SCHEDULES:
-        problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
-    if r.balance not in BALANCE:
-        problems.append(f"balance must be one of {', '.join(BALANCE)}")
-    if r.select_metric not in METRICS:
-        problems.append(f"select_metric must be one of {', '.join(METRICS)}")
-    if r.early_stop_metric not in METRICS:
-        problems.append(f"early_stop_metric must be one of {', '.join(METRICS)}")
-    if r.normalise not in NORMALISE:
-        problems.append(f"normalise must be one of {', '.join(NORMALISE)}")
+    for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("balance", BALANCE),
+                          ("select_metric", METRICS), ("early_stop_metric", METRICS), ("normalise", NORMALISE)):
+        if getattr(r, name) not in allowed:
+            problems.append(f"{name} must be one of {', '.join(allowed)}")
     if r.loss not in ("ce", "nll"):
         problems.append("loss must be ce or nll")
     bad_aug = [a for a in r.augment if a not in AUGMENTATIONS]
