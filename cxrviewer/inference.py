@@ -35,6 +35,7 @@ import torch
 
 from cxrviewer.checkpoint import card_spec, load_checkpoint, validate_card
 from cxrviewer.device import cpu_supports_bf16, select_device
+from cxrviewer.ood import OodGuard, OodResult
 from cxrviewer.preprocess import Geometry, preprocess_film, preprocess_gray
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Prediction:
     model_name: str
     device: str
     notices: list = field(default_factory=list)
+    ood: Optional[OodResult] = None  # None: the model carries no out-of-distribution description
 
     @property
     def top_prob(self) -> float:
@@ -85,6 +87,7 @@ class Prediction:
             "top_class": self.top_class,
             "top_probability": self.top_prob,
             "device": self.device,
+            "ood": self.ood.to_dict() if self.ood is not None else None,
         }
 
 
@@ -119,6 +122,7 @@ class Predictor:
         self.notices: list = list(notices or [])
         self.lock = threading.RLock()
         self.model = model.eval()
+        self.ood_guard = OodGuard.from_card(self.card)
         self._fast = None  # (device, bf16, run, description)
         self._reduced_ok: Optional[bool] = None  # reduced precision checked on real inputs: None = not yet
         self.fast_reduced_error: Optional[float] = None  # what that check measured
@@ -226,15 +230,26 @@ class Predictor:
         self._check_finite(logits)
         probs = softmax64(logits.numpy()[0], self.temperature)
         top = int(np.argmax(probs))
+        features = pooled.numpy()[0].reshape(-1).copy()
         attention = None
         if amap is not None:
             a = amap[0] if amap.ndim == 3 else amap
             attention = np.ascontiguousarray(a.reshape(a.shape[-2], a.shape[-1]).numpy(), dtype=np.float32)
         return Prediction(
             classes=self.classes, probs=probs, logits=logits.numpy()[0].astype(np.float64), top_index=top,
-            top_class=self.classes[top], features=pooled.numpy()[0].reshape(-1).copy(), attention=attention,
+            top_class=self.classes[top], features=features, attention=attention,
             geometry=geometry, model_name=self.model_name, device=device, notices=notices,
+            ood=self._assess(features),
         )
+
+    def _assess(self, features: np.ndarray) -> Optional[OodResult]:
+        if self.ood_guard is None:
+            return None
+        try:
+            return self.ood_guard.assess(features)
+        except ValueError as e:  # features of another size: a card that does not match its weights
+            log.warning("out-of-distribution score not available: %s", e)
+            return None
 
     def predict_batch(self, x, batch_size: int = EXACT_CHUNK) -> np.ndarray:
         """Exact calibrated probabilities (B, C) float64 for preprocessed inputs (B, 3, S, S)."""

@@ -53,10 +53,12 @@ def _expand(inputs) -> tuple:
 def _csv_text(rows, classes) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "top_class", "top_probability", *classes])
+    w.writerow(["file", "top_class", "top_probability", *classes, "ood_verdict", "ood_score"])
     for r in rows:
+        ood = r.get("ood") or {}
         w.writerow([r["file"], r["top_class"], f"{r['top_probability']:.6f}",
-                    *(f"{v:.6f}" for v in r["probabilities"])])
+                    *(f"{v:.6f}" for v in r["probabilities"]), ood.get("verdict", ""),
+                    f"{ood['score']:.4f}" if ood else ""])
     return buf.getvalue()
 
 
@@ -65,10 +67,13 @@ def _table_text(rows, classes) -> str:
     w0 = max([4, *map(len, names)])
     wt = max([9, *map(len, classes)])
     wc = [max(7, len(c)) for c in classes]
-    lines = ["  ".join([f"{'file':<{w0}}", f"{'top class':<{wt}}", *(f"{c:>{w}}" for c, w in zip(classes, wc))])]
+    lines = ["  ".join([f"{'file':<{w0}}", f"{'top class':<{wt}}", *(f"{c:>{w}}" for c, w in zip(classes, wc)),
+                        "training distribution"])]
     for r in rows:
+        ood = r.get("ood")
         lines.append("  ".join([f"{r['file']:<{w0}}", f"{r['top_class']:<{wt}}",
-                                *(f"{v:>{w}.4f}" for v, w in zip(r["probabilities"], wc))]))
+                                *(f"{v:>{w}.4f}" for v, w in zip(r["probabilities"], wc)),
+                                f"{ood['verdict']} ({ood['score']:.2f})" if ood else "not checked"]))
     return "\n".join(lines) + "\n"
 
 

@@ -61,9 +61,9 @@ def test_folder_gives_csv_and_bad_film_continues(model, films, capsys, tmp_path)
     out, err = capsys.readouterr()
     assert rc == 1
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["file", "top_class", "top_probability", *CLASSES3]
+    assert rows[0] == ["file", "top_class", "top_probability", *CLASSES3, "ood_verdict", "ood_score"]
     assert [r[0] for r in rows[1:]] == ["film0.png", "film1.png", "film2.png"]
-    assert all(abs(sum(float(v) for v in r[3:]) - 1) < 1e-4 for r in rows[1:])
+    assert all(abs(sum(float(v) for v in r[3:6]) - 1) < 1e-4 for r in rows[1:])
     err_lines = [l for l in err.splitlines() if l.strip()]
     assert err_lines == [l for l in err_lines if "broken.png" in l] and len(err_lines) == 1
     assert err_lines[0].startswith("Cannot open broken.png:")

@@ -215,3 +215,26 @@ def test_publish_writes_a_complete_model_card(full_run, tmp_path, capsys, monkey
     bad.write_text(json.dumps({"display_name": "x", "accuracy": 0.99}))  # numbers come from the run, not by hand
     assert main(["publish", str(res.run_dir), "--card", str(bad), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "accuracy" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_trained_model_flags_non_chest_images_as_outside(full_run, dataset):
+    """The trainer stores the guard; the prediction's own features are scored (no second run)."""
+    import numpy as np
+    from PIL import Image
+
+    from cxrviewer.inference import Predictor
+
+    res, _, _ = full_run
+    p = Predictor.from_checkpoint(res.checkpoint, "cpu")
+    assert p.ood_guard is not None
+    films = sorted(dataset.rglob("*.png"))
+    films = [f for f in films if f.name != "broken.png"][::4]
+    verdicts = [p.predict_gray(np.asarray(Image.open(f).convert("L"))).ood.verdict for f in films]
+    assert verdicts.count("outside") <= len(films) // 10, verdicts
+    yy, xx = np.mgrid[0:64, 0:64]
+    non_chest = {"checkerboard": ((yy // 8 + xx // 8) % 2 * 255), "black": np.zeros((64, 64)),
+                 "fingers": (((xx % 12) < 5) & (yy > 12)) * 230}
+    for name, img in non_chest.items():
+        pred = p.predict_gray(img.astype(np.uint8))
+        assert pred.ood.verdict == "outside", (name, pred.ood)
+        assert pred.to_dict()["ood"]["verdict"] == "outside" and "not meaningful" in pred.ood.sentence

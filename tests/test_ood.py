@@ -1,0 +1,47 @@
+"""The out-of-distribution guard: fitted from features, stored as JSON in the card, scored with the same
+forward pass as the prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrviewer.ood import INSIDE, OUTSIDE, OodGuard, fit_ood_stats
+
+
+def _features(rng, n, centres, shift=0.0, noise=0.5):
+    y = rng.integers(0, len(centres), n)
+    return np.maximum(0, centres[y] + rng.normal(size=(n, centres.shape[1])) * noise + shift), y
+
+
+def test_scores_separate_shifted_features_and_survive_json():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 256))
+    X, y = _features(rng, 600, centres)
+    V, vy = _features(rng, 120, centres)
+    stats = fit_ood_stats(X, y, V, vy, ["a", "b", "c"])
+    stats = json.loads(json.dumps(stats, allow_nan=False))  # what the checkpoint header holds
+    g = OodGuard(stats)
+    inside = [g.assess(v).verdict for v in _features(rng, 100, centres)[0]]
+    assert inside.count(INSIDE) >= 85 and OUTSIDE not in inside
+    other = rng.normal(size=(3, 256))  # other classes altogether
+    assert all(g.assess(v).verdict == OUTSIDE for v in _features(rng, 40, other)[0])
+    assert g.scores(V).mean() == pytest.approx(1.0, rel=0.3)  # normalised: typical is about 1
+    assert stats["thresholds"]["unusual"] < stats["thresholds"]["outside"]
+    assert len(json.dumps(stats)) < 200_000  # fits in a checkpoint header
+
+
+def test_bad_descriptions_are_ignored_not_fatal():
+    assert OodGuard.from_card({}) is None
+    assert OodGuard.from_card({"ood": {"method": "something-else"}}) is None
+    rng = np.random.default_rng(1)
+    X, y = _features(rng, 50, rng.normal(size=(2, 16)))
+    stats = fit_ood_stats(X, y, X[:10], y[:10])
+    assert OodGuard.from_card({"ood": dict(stats, version=99)}) is None
+    assert OodGuard.from_card({"ood": dict(stats, n_features=17)}) is None
+    with pytest.raises(ValueError, match="expected 16 features"):
+        OodGuard(stats).assess(np.zeros(20))
+    with pytest.raises(ValueError):
+        fit_ood_stats(X[:2], y[:2], X[:1])
