@@ -174,3 +174,25 @@ class OodGuard:
         s = float(self.scores(np.asarray(features).reshape(1, -1))[0])
         verdict = OUTSIDE if s > self.outside_at else UNUSUAL if s > self.unusual_at else INSIDE
         return OodResult(s, verdict, self.unusual_at, self.outside_at)
+
+
+CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_AP", "PORT CHEST")
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "SC", "")
+
+
+def header_evidence(info: Optional[dict]) -> list:
+    """Cheap evidence from a DICOM header that a film is not what a frontal chest-film model expects
+    (Modality, Body Part Examined, View Position), as sentences for the reader. Empty when the header
+    agrees or says nothing (raster files have no header: absence is not evidence)."""
+    info = info or {}
+    out = []
+    modality = str(info.get("modality") or "").strip().upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        out.append(f"Modality {modality}: not a projection radiograph.")
+    body = str(info.get("body_part") or "").strip().upper()
+    if body and not any(w in body for w in CHEST_WORDS):
+        out.append(f"Body part examined: {body}, not chest.")
+    view = str(info.get("view_position") or "").strip().upper()
+    if view in ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE"):
+        out.append(f"View position {view}: the models were trained on frontal (PA/AP) films.")
+    return out

@@ -81,3 +81,37 @@ def test_screenshot_with_a_model_file_and_heatmap(qtbot, tmp_path, tiny_model):
     out = tmp_path / "shot.png"
     code = cli.main(["--screenshot", str(out), "--size", "900x600", "--model", str(tiny_model), str(film)])
     assert code == 0 and out.exists()
+
+
+def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path):
+    """The guard's verdict and the DICOM header's evidence reach the reader beside the probabilities."""
+    import numpy as np
+
+    import dicom_factory as df
+    from cxrviewer.ood import fit_ood_stats
+    from cxrviewer.preprocess import PreprocessSpec, preprocess_gray
+
+    ih.ensure_tiny_registered()
+    model = ih.make_model(sharpen=5.0)
+    x = torch.from_numpy(np.stack([preprocess_gray(ih.chest_like(seed=i), PreprocessSpec())[0] for i in range(12)]))
+    with torch.no_grad():
+        _, feats = model.forward_with_features(x)
+    labels = np.arange(12) % 3
+    stats = fit_ood_stats(feats.numpy(), labels, feats.numpy()[:6], labels[:6])
+    stats["thresholds"].update(unusual=-2.0, outside=-1.0)  # every film outside: the wiring is under test here
+    folder = Path(os.environ["CXRVIEWER_DATA"]) / "models"
+    ih.make_checkpoint(folder / "guarded.safetensors", sharpen=5.0, name="guarded", display_name="Guarded", ood=stats)
+    hand = df.write(df.make_dataset(rows=64, cols=48, BodyPartExamined="HAND", ViewPosition="PA"), tmp_path / "hand.dcm")
+
+    win = MainWindow(persist_settings=False)
+    qtbot.addWidget(win)
+    win.resize(1000, 700)
+    win.show()
+    win.open_paths([str(hand)])
+    _settle(qtbot, win)
+    assert win.probs.state == "ready", win.errors
+    assert win.prediction.ood is not None and win.prediction.ood.verdict == "outside"
+    assert win.probs.outside and "not meaningful" in win.probs.caution
+    assert "HAND, not chest" in win.probs.caution
+    assert win.probs.height() > 28 + 3 * 28  # room for the sentence under the bars
+    win.grab().save(str(tmp_path / "outside.png"))  # paints without error

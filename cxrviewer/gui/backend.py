@@ -54,6 +54,8 @@ class PredictionResult:
     geometry: Any = None
     notices: list = field(default_factory=list)
     raw: Any = None
+    ood: Any = None  # cxrviewer.ood.OodResult, or None when the model carries no guard
+    header_evidence: list = field(default_factory=list)  # sentences from the DICOM header (cxrviewer.ood)
 
 
 def choice_from_entry(entry) -> ModelChoice:
@@ -176,7 +178,9 @@ class Backend:
         # and attention maps are read from the model right after its forward pass
         with self._infer_lock:
             pred = predictor.predict_film(film)
-        return prediction_result(pred, film_key, model_key)
+        from cxrviewer.ood import header_evidence
+
+        return prediction_result(pred, film_key, model_key, header_evidence(getattr(film, "info", None)))
 
     def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
                 out_side: int = 1024, cache_key=None):
@@ -223,7 +227,7 @@ class Backend:
         return expl, heat, bool(getattr(expl, "signed", method == "lime"))
 
 
-def prediction_result(pred, film_key: str, model_key: str) -> PredictionResult:
+def prediction_result(pred, film_key: str, model_key: str, evidence=()) -> PredictionResult:
     classes = [str(c) for c in getattr(pred, "classes", [])]
     probs = [float(p) for p in np.asarray(getattr(pred, "probs", []), dtype=np.float64).ravel()]
     top = getattr(pred, "top_class", None) or (classes[int(np.argmax(probs))] if probs else "")
@@ -238,6 +242,7 @@ def prediction_result(pred, film_key: str, model_key: str) -> PredictionResult:
         film_key=film_key, model_key=model_key, classes=classes, probs=probs, top_class=str(top),
         attention=att, geometry=getattr(pred, "geometry", None),
         notices=[str(n) for n in (getattr(pred, "notices", None) or [])], raw=pred,
+        ood=getattr(pred, "ood", None), header_evidence=list(evidence),
     )
 
 

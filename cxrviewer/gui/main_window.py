@@ -965,7 +965,8 @@ class MainWindow(QMainWindow):
 
     def _show_prediction(self, result: PredictionResult) -> None:
         self.prediction = result
-        self.probs.set_probabilities(result.classes, result.probs, self.model.label())
+        self.probs.set_probabilities(result.classes, result.probs, self.model.label(), result.ood,
+                                     result.header_evidence)
         if result.notices:
             self.notices.setText("\n".join(result.notices))
             self.notices.show()

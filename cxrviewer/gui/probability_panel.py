@@ -16,6 +16,7 @@ from cxrviewer.gui import viewmath as vm
 
 BAR_H = 22
 GAP = 6
+CAUTION_H = 64
 
 
 class ProbabilityPanel(QWidget):
@@ -28,6 +29,8 @@ class ProbabilityPanel(QWidget):
         self.state = "nomodel"  # nomodel | idle | busy | ready | error
         self.message = "No model installed"
         self.selected: Optional[str] = None
+        self.caution = ""  # why the probabilities should not be trusted (out-of-distribution, header)
+        self.outside = False  # greyed: the film is not what the model was trained on
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
         self.setMinimumWidth(220)
         self._update_height()
@@ -50,11 +53,17 @@ class ProbabilityPanel(QWidget):
         self.state, self.message, self.pairs = "error", message, []
         self._update_height()
 
-    def set_probabilities(self, classes, probs, model_label: str) -> None:
+    def set_probabilities(self, classes, probs, model_label: str, ood=None, evidence=()) -> None:
+        """``ood`` (cxrviewer.ood.OodResult) greys the bars when the film is outside the training
+        distribution; its sentence and the header ``evidence`` are written under them."""
         self.pairs = vm.sorted_probabilities(classes, probs)
         self.model_label = model_label
         self.state, self.message = "ready", ""
         self.selected = None
+        self.outside = ood is not None and ood.verdict == "outside"
+        lines = [ood.sentence] if ood is not None and ood.verdict != "inside" else []
+        self.caution = " ".join(lines + list(evidence))
+        self.setToolTip(ood.sentence if ood is not None else "This model carries no out-of-distribution check.")
         self._update_height()
 
     def top(self) -> Optional[tuple]:
@@ -63,7 +72,7 @@ class ProbabilityPanel(QWidget):
     # ------------------------------------------------------------------------------------------
     def _update_height(self) -> None:
         n = len(self.pairs)
-        h = 28 + (n * (BAR_H + GAP) if n else 76)
+        h = 28 + (n * (BAR_H + GAP) if n else 76) + (CAUTION_H if n and self.caution else 0)
         self.setFixedHeight(h)
         self.update()
 
@@ -103,13 +112,13 @@ class ProbabilityPanel(QWidget):
             top = i == 0
             chosen = self.selected == name
             p.setFont(bold if top else self.font())
-            p.setPen(QColor(235, 240, 245) if top else QColor(190, 196, 202))
+            p.setPen(QColor(235, 240, 245) if top and not self.outside else QColor(150, 156, 162) if self.outside else QColor(190, 196, 202))
             p.drawText(QRectF(0, y, label_w, BAR_H), Qt.AlignLeft | Qt.AlignVCenter | Qt.TextSingleLine,
                        p.fontMetrics().elidedText(name, Qt.ElideRight, label_w))
             p.setPen(Qt.NoPen)
             p.setBrush(QColor(40, 44, 50))
             p.drawRoundedRect(QRectF(bar_x, y + 4, bar_w, BAR_H - 8), 3, 3)
-            p.setBrush(QColor(64, 156, 255) if top else QColor(110, 122, 138))
+            p.setBrush(QColor(110, 122, 138) if not top or self.outside else QColor(64, 156, 255))
             p.drawRoundedRect(QRectF(bar_x, y + 4, max(2.0, bar_w * prob), BAR_H - 8), 3, 3)
             if chosen:
                 p.setPen(QColor(255, 196, 90))
@@ -118,4 +127,8 @@ class ProbabilityPanel(QWidget):
             p.setPen(QColor(235, 240, 245) if top else QColor(190, 196, 202))
             p.drawText(QRectF(bar_x + bar_w + 4, y, 48, BAR_H), Qt.AlignRight | Qt.AlignVCenter, f"{prob * 100:.1f}%")
             y += BAR_H + GAP
+        if self.caution:
+            p.setFont(self.font())
+            p.setPen(QColor(242, 197, 114))
+            p.drawText(QRectF(0, y, w, CAUTION_H), Qt.AlignLeft | Qt.AlignTop | Qt.TextWordWrap, self.caution)
         p.end()
