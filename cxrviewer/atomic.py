@@ -21,6 +21,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        _default_mode(tmp)  # after the caller wrote: some writers (safetensors) replace the file
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -31,6 +32,19 @@ def atomic_path(path):
             pass
         raise
     fsync_dir(path.parent)
+
+
+def _default_mode(tmp) -> None:
+    """mkstemp makes the file private (0600); a checkpoint or report should get the permissions any new file
+    gets (0666 less the umask), so a model installed for a shared workstation is readable by its users."""
+    if os.name != "posix":
+        return
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(tmp, 0o666 & ~mask)
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

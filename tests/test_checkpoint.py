@@ -97,6 +97,13 @@ def test_save_is_atomic_and_leaves_no_temp(tmp_path, monkeypatch):
     monkeypatch.undo()
     save_checkpoint(p, make_model(seed=5), card)
     assert p.read_bytes() != original and sorted(os.listdir(tmp_path)) == ["a.safetensors"]
+    if os.name == "posix":  # readable like any new file (umask), not private like a bare mkstemp file
+        mask = os.umask(0o022)
+        try:
+            save_checkpoint(p, make_model(seed=5), card)
+        finally:
+            os.umask(mask)
+        assert p.stat().st_mode & 0o777 == 0o644
 
 
 def test_save_refuses_inconsistent_card(tmp_path):

@@ -19,7 +19,16 @@ from cxrviewer.gui.main_window import MainWindow  # noqa: E402
 
 
 @pytest.fixture()
-def tiny_model():
+def no_bundled_models(tmp_path_factory, monkeypatch):
+    """Hide resources/models so the window starts with the test's own model."""
+    from cxrviewer import paths
+
+    empty = tmp_path_factory.mktemp("no_bundled")
+    monkeypatch.setattr(paths, "bundled_models_dir", lambda: empty)
+
+
+@pytest.fixture()
+def tiny_model(no_bundled_models):
     ih.ensure_tiny_registered()
     folder = Path(os.environ["CXRVIEWER_DATA"]) / "models"
     return ih.make_checkpoint(folder / "tiny.safetensors", sharpen=5.0, name="tiny-demo",
@@ -83,7 +92,7 @@ def test_screenshot_with_a_model_file_and_heatmap(qtbot, tmp_path, tiny_model):
     assert code == 0 and out.exists()
 
 
-def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path):
+def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path, no_bundled_models):
     """The guard's verdict and the DICOM header's evidence reach the reader beside the probabilities."""
     import numpy as np
 
@@ -110,8 +119,24 @@ def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path):
     win.open_paths([str(hand)])
     _settle(qtbot, win)
     assert win.probs.state == "ready", win.errors
+    assert win.model.display_name == "Guarded"
     assert win.prediction.ood is not None and win.prediction.ood.verdict == "outside"
     assert win.probs.outside and "not meaningful" in win.probs.caution
     assert "HAND, not chest" in win.probs.caution
     assert win.probs.height() > 28 + 3 * 28  # room for the sentence under the bars
     win.grab().save(str(tmp_path / "outside.png"))  # paints without error
+
+
+def test_window_opens_the_sample_film_with_the_bundled_default_model(qtbot):
+    """The README's first command: a real model, a real film, a real prediction, where it looked."""
+    sample = Path(__file__).resolve().parent.parent / "resources" / "samples" / "kermany_normal_IM-0117-0001.dcm"
+    win = MainWindow(persist_settings=False)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    win.open_paths([str(sample)])
+    _settle(qtbot, win, timeout=120000)
+    assert win.model is not None and win.model.key == "mobilenet_lung-kermany3" and win.model.source == "bundled"
+    assert win.probs.state == "ready", win.errors
+    assert win.probs.pairs[0][0] == "Normal" and not win.probs.outside
+    assert win.view.overlay is not None, win.heatmap.note.text()  # a heatmap is on the film

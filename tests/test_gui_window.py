@@ -89,8 +89,10 @@ def gradient(h=64, w=48, dtype=np.uint8, top=255):
     return ((x + y) * top // (h + w - 2)).astype(dtype)
 
 
-def make_window(qtbot, backend=None, persist=False):
+def make_window(qtbot, backend=None, persist=False, first_run_heatmap=False):
     win = MainWindow(backend=backend or FakeBackend(with_model=False), persist_settings=persist)
+    if not first_run_heatmap:  # these tests start from the heatmap off; the first-run default has its own test
+        win.heatmap_if_model = None
     qtbot.addWidget(win)
     win.resize(1000, 700)
     win.show()

@@ -1,0 +1,82 @@
+"""The models shipped in resources/models: found, the default chosen, their cards complete and honest, and
+the default model doing on real sample films what its card says (the README's first command)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrviewer import paths
+from cxrviewer.checkpoint import read_card
+from cxrviewer.model_store import default_model_entry, discover_models
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "resources" / "models"
+SAMPLES = REPO / "resources" / "samples"
+
+
+def _bundled():
+    return sorted(MODELS.glob("*.safetensors"))
+
+
+def test_bundled_models_are_found_and_the_default_is_the_paediatric_model():
+    assert paths.bundled_models_dir().resolve() == MODELS.resolve()
+    entries, problems = discover_models()
+    assert not problems, problems
+    bundled = [e for e in entries if e.source == "bundled"]
+    assert {e.path.resolve() for e in bundled} == {p.resolve() for p in _bundled()}
+    d = default_model_entry(entries)
+    assert d is not None and d.path.name == "mobilenet_lung-kermany3.safetensors"
+    assert [e for e in bundled if e.is_default] == [d]  # exactly one default
+
+
+@pytest.mark.parametrize("path", _bundled(), ids=lambda p: p.stem)
+def test_every_bundled_card_is_complete(path):
+    card = read_card(path)
+    assert path.stat().st_size < 20e6  # small: this is why the bundled models are MobileNets
+    text = card["card"]
+    for key in ("description", "intended_use", "data", "training_notes", "limits", "licence"):
+        assert len(text.get(key, "")) > 40, key
+    assert "NOT FOR DIAGNOSIS" in text["limits"]
+    assert "224" in text["data"] and "aspect" in text["data"]  # the squash is stated
+    t = card["training"]
+    assert t["command"].startswith("cxr-train fit") or "trainer fit" in t["command"]
+    assert t["train_seconds"] > 0 and t["hardware"] and t["data_fingerprint"]
+    test = t["metrics"]["test"]
+    assert set(test["per_class"]) == set(card["classes"])
+    assert all(v["recall"] is not None and v["auc"] is not None for v in test["per_class"].values())
+    cm = np.array(test["confusion_matrix"])
+    assert cm.shape == (len(card["classes"]),) * 2 and cm.sum() == test["n"] > 100
+    assert test["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert test["ece_after_temperature"] is not None and card["temperature"] > 0
+    assert card["ood"] and card["ood"]["thresholds"]["outside"] > card["ood"]["thresholds"]["unusual"]
+    # the file's card matches its source text, so the card in the repo is the one reviewed
+    source = json.loads((MODELS / "cards" / f"{path.stem}.json").read_text())
+    assert card["display_name"] == source["display_name"] and text["limits"] == source["limits"]
+
+
+def test_adult_model_states_the_source_confound():
+    p = MODELS / "mobilenet_lung-adult3.safetensors"
+    if not p.exists():
+        pytest.skip("adult model not bundled")
+    limits = read_card(p)["card"]["limits"]
+    assert "CONFOUND" in limits and "UPPER BOUND" in limits
+
+
+def test_default_model_reads_the_sample_films_and_rejects_non_chest_images():
+    from cxrviewer.film import load_film
+    from cxrviewer.inference import Predictor
+
+    p = Predictor.from_checkpoint(default_model_entry().path, "cpu")
+    normal = p.predict_film(load_film(SAMPLES / "kermany_normal_IM-0117-0001.dcm"))
+    assert normal.top_class == "Normal" and normal.top_prob > 0.6 and normal.ood.verdict == "inside"
+    png = p.predict_film(load_film(SAMPLES / "kermany_normal_IM-0133-0001.png"))
+    assert png.top_class == "Normal" and png.ood.verdict == "inside"
+    yy, xx = np.mgrid[0:512, 0:512]
+    for name, img in {"checkerboard": (yy // 64 + xx // 64) % 2 * 255, "black": np.zeros((512, 512)),
+                      "fingers": (((xx % 80) < 35) & (yy > 100)) * 230}.items():
+        r = p.predict_gray(img.astype(np.uint8))
+        assert r.ood.verdict == "outside", (name, r.ood)
