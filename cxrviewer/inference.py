@@ -35,7 +35,7 @@ import torch
 
 from cxrviewer.checkpoint import card_spec, load_checkpoint, validate_card
 from cxrviewer.device import cpu_supports_bf16, select_device
-from cxrviewer.ood import OodGuard, OodResult
+from cxrviewer.ood import OodGuard, OodResult, with_header
 from cxrviewer.preprocess import Geometry, preprocess_film, preprocess_gray
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,9 @@ class Predictor:
     def predict_film(self, film) -> Prediction:
         """Exact, calibrated prediction for one film, with pooled features and the model's attention."""
         x, geo = self.preprocess(film)
-        return self.predict_input(x, geo)
+        pred = self.predict_input(x, geo)
+        pred.ood = with_header(pred.ood, getattr(film, "info", None))
+        return pred
 
     def predict_gray(self, gray: np.ndarray) -> Prediction:
         """Same as :meth:`predict_film` for an already rendered uint8 grey image."""

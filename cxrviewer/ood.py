@@ -23,7 +23,7 @@ Arrays are stored as base64 little-endian float32 (the projection as float16: it
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -111,12 +111,15 @@ class OodResult:
     verdict: str  # INSIDE / UNUSUAL / OUTSIDE
     unusual_at: float
     outside_at: float
+    evidence: tuple = ()  # sentences from the DICOM header (see with_header)
 
     @property
     def sentence(self) -> str:
         if self.verdict == OUTSIDE:
-            return ("This film is outside what the model was trained on (score "
-                    f"{self.score:.1f}, outside above {self.outside_at:.1f}): its probabilities are not meaningful.")
+            why = f"score {self.score:.1f}, outside above {self.outside_at:.1f}"
+            if self.score <= self.outside_at and self.evidence:
+                why = f"its DICOM header says so; image score {self.score:.1f}"
+            return f"This film is outside what the model was trained on ({why}): its probabilities are not meaningful."
         if self.verdict == UNUSUAL:
             return (f"This film is unusual for the model's training films (score {self.score:.1f}, "
                     f"typical below {self.unusual_at:.1f}): read the probabilities with extra care.")
@@ -124,7 +127,8 @@ class OodResult:
 
     def to_dict(self) -> dict:
         return {"score": round(self.score, 4), "verdict": self.verdict,
-                "thresholds": {"unusual": round(self.unusual_at, 4), "outside": round(self.outside_at, 4)}}
+                "thresholds": {"unusual": round(self.unusual_at, 4), "outside": round(self.outside_at, 4)},
+                "header_evidence": list(self.evidence)}
 
 
 class OodGuard:
@@ -180,19 +184,38 @@ CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_AP", "PORT CHEST")
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "SC", "")
 
 
-def header_evidence(info: Optional[dict]) -> list:
-    """Cheap evidence from a DICOM header that a film is not what a frontal chest-film model expects
-    (Modality, Body Part Examined, View Position), as sentences for the reader. Empty when the header
+def header_findings(info: Optional[dict]) -> list:
+    """Cheap evidence from a DICOM header that a film is not what a frontal chest-film model expects, as
+    ``(verdict, sentence)``: a body part other than the chest, or a modality that is not a projection
+    radiograph, is OUTSIDE whatever the image looks like; a lateral view is UNUSUAL. Empty when the header
     agrees or says nothing (raster files have no header: absence is not evidence)."""
     info = info or {}
     out = []
     modality = str(info.get("modality") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
-        out.append(f"Modality {modality}: not a projection radiograph.")
+        out.append((OUTSIDE, f"Modality {modality}: not a projection radiograph."))
     body = str(info.get("body_part") or "").strip().upper()
     if body and not any(w in body for w in CHEST_WORDS):
-        out.append(f"Body part examined: {body}, not chest.")
+        out.append((OUTSIDE, f"Body part examined: {body}, not chest."))
     view = str(info.get("view_position") or "").strip().upper()
     if view in ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE"):
-        out.append(f"View position {view}: the models were trained on frontal (PA/AP) films.")
+        out.append((UNUSUAL, f"View position {view}: the models were trained on frontal (PA/AP) films."))
     return out
+
+
+def header_evidence(info: Optional[dict]) -> list:
+    """The sentences of :func:`header_findings`."""
+    return [sentence for _, sentence in header_findings(info)]
+
+
+_RANK = {INSIDE: 0, UNUSUAL: 1, OUTSIDE: 2}
+
+
+def with_header(result: Optional[OodResult], info: Optional[dict]) -> Optional[OodResult]:
+    """``result`` with the header's evidence attached and its verdict raised to what the header says (a hip
+    film is outside a chest model even when its pixels score only unusual); never lowered."""
+    findings = header_findings(info)
+    if result is None or not findings:
+        return result
+    verdict = max([result.verdict] + [v for v, _ in findings], key=_RANK.__getitem__)
+    return replace(result, verdict=verdict, evidence=tuple(s for _, s in findings))

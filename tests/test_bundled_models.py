@@ -80,3 +80,22 @@ def test_default_model_reads_the_sample_films_and_rejects_non_chest_images():
                       "fingers": (((xx % 80) < 35) & (yy > 100)) * 230}.items():
         r = p.predict_gray(img.astype(np.uint8))
         assert r.ood.verdict == "outside", (name, r.ood)
+
+
+def test_default_model_flags_real_non_chest_films_outside_and_kermany_films_inside():
+    """Issue 9's proof on real files (../shared/data: skipped where it is absent)."""
+    from conftest import shared_path
+
+    from cxrviewer.film import load_film
+    from cxrviewer.inference import Predictor
+
+    dicom = shared_path("dicom")
+    fullres = shared_path("kermany-fullres")
+    p = Predictor.from_checkpoint(default_model_entry().path, "cpu")
+    non_chest = [f for f in sorted(dicom.glob("*.dcm")) if any(t in f.name for t in ("hip", "extremity", "teeth", "OT_"))]
+    assert len(non_chest) == 8
+    for f in non_chest:
+        assert p.predict_film(load_film(f)).ood.verdict == "outside", f.name
+    kids = sorted(fullres.rglob("*.png"))[::3]
+    verdicts = [p.predict_film(load_film(f)).ood.verdict for f in kids]
+    assert verdicts.count("outside") == 0 and verdicts.count("inside") >= len(kids) - 2, verdicts

@@ -45,3 +45,20 @@ def test_bad_descriptions_are_ignored_not_fatal():
         OodGuard(stats).assess(np.zeros(20))
     with pytest.raises(ValueError):
         fit_ood_stats(X[:2], y[:2], X[:1])
+
+
+def test_the_dicom_header_raises_the_verdict_never_lowers_it():
+    from cxrviewer.ood import UNUSUAL, OodResult, header_evidence, with_header
+
+    inside = OodResult(0.5, INSIDE, 2.0, 4.0)
+    hip = with_header(inside, {"modality": "CR", "body_part": "HIP", "view_position": "AP"})
+    assert hip.verdict == OUTSIDE and hip.evidence == ("Body part examined: HIP, not chest.",)
+    assert "DICOM header" in hip.sentence and "not meaningful" in hip.sentence
+    assert with_header(inside, {"modality": "CT"}).verdict == OUTSIDE
+    assert with_header(inside, {"modality": "DX", "view_position": "LL"}).verdict == UNUSUAL
+    outside = OodResult(9.0, OUTSIDE, 2.0, 4.0)
+    assert with_header(outside, {"view_position": "LAT"}).verdict == OUTSIDE
+    for agreeing in ({}, None, {"modality": "DX", "body_part": "CHEST", "view_position": "PA"}):
+        assert with_header(inside, agreeing) is inside and header_evidence(agreeing) == []
+    assert with_header(None, {"body_part": "HAND"}) is None
+    assert hip.to_dict()["header_evidence"] == list(hip.evidence)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import errno
 import json
 import shlex
 import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
+_DISK_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EFBIG)
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
@@ -316,6 +318,12 @@ def main(argv=None) -> int:
         if CheckpointError and isinstance(e, CheckpointError):
             _fail(args, f"cxr-train: {e}")
             return EXIT_USAGE
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:  # a full disk, a quota, media gone read-only
+            where = Path(e.filename).parent if e.filename else getattr(args, "out", None)
+            hint = (f"; the run folder keeps every completed epoch: free some space and continue with "
+                    f"--resume --out {args.out}" if args.cmd == "fit" and getattr(args, "out", None) else "")
+            _fail(args, f"cxr-train: cannot write in {where or 'the output folder'}: {e.strerror or e}{hint}")
+            return EXIT_ERROR
         _fail(args, f"cxr-train: unexpected error: {type(e).__name__}: {e}")
         raise
     return EXIT_USAGE

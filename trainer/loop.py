@@ -419,6 +419,9 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
         raise StateError(f"nothing to resume in {run_dir}: {STATE_FILE} not found")
     if not opts.resume and (run_dir / STATE_FILE).exists():
         raise StateError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    if opts.resume and dist.main:  # temporaries of writes cut short by a kill (cxrviewer.atomic): never read
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
     fs, split_ids, split_origin = prepare_data(opts, progress)
     classes = list(fs.classes)
@@ -442,6 +445,11 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
 
     torch.manual_seed(opts.seed)
     model = create_model(opts.arch, k, pretrained=resolve_pretrained(opts.pretrained, r, opts.arch), **opts.arch_args)
+    report = getattr(model, "pretrained_report", None)
+    if report is not None and report.random_init:  # asked for pretrained weights, got none (offline, no file)
+        message = f"pretrained weights unavailable ({report.note or report.source}); training from RANDOM weights"
+        progress.emit("warning", message=message)
+        progress.say(f"warning: {message}")
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, r)
     scheduler = make_scheduler(optimizer, r)

@@ -32,6 +32,7 @@ class ModelChoice:
     arch: str = ""
     metadata: dict = field(default_factory=dict)
     entry: Any = None
+    install_problem: str = ""  # File > Open model… could not copy it into the model folder (used in place)
 
     def tooltip(self) -> str:
         return f"{self.display_name}\nClasses: {', '.join(self.classes)}\nSource: {self.source}\n{self.path}"
@@ -141,10 +142,19 @@ class Backend:
         return choices[0].key if choices else None
 
     def install(self, path) -> ModelChoice:
-        """File > Open model…: validated and copied into the user's model folder by model_store."""
+        """File > Open model…: validated and copied into the user's model folder by model_store.
+
+        When that folder cannot be written (read-only, full, a file in its place) the checked file is used
+        where it is, as ``--model`` does; ``install_problem`` on the result says why it was not copied."""
         from cxrviewer import model_store
 
-        return choice_from_entry(model_store.install_model(path))
+        try:
+            return choice_from_entry(model_store.install_model(path))
+        except OSError as exc:
+            log.warning("cannot copy %s into the model folder: %s", Path(path).name, exc.strerror or exc)
+            choice = choice_from_entry(model_store.find_model(str(path)))
+            choice.install_problem = str(exc.strerror or exc)
+            return choice
 
     def find(self, name_or_path) -> ModelChoice:
         """``--model``: an installed model's name, or a checkpoint file used where it is."""

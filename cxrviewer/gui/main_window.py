@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -47,7 +48,7 @@ from cxrviewer.gui.jobs import JobRunner
 from cxrviewer.gui.model_panel import ModelCardDialog, ModelSelector
 from cxrviewer.gui.overlay import colorize, normalise_map
 from cxrviewer.gui.probability_panel import ProbabilityPanel
-from cxrviewer.gui.settings import make_settings
+from cxrviewer.gui.settings import NOTICE as SETTINGS_NOTICE, make_settings
 from cxrviewer.gui.tag_panel import TagPanel, header_text
 from cxrviewer.gui.worklist import Worklist
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 FILM_FILTER = ("Films (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff *.bmp DICOMDIR);;"
                "DICOMDIR of a CD/DVD (DICOMDIR);;All files (*)")
 MODEL_FILTER = "CXR Viewer models (*.safetensors);;All files (*)"
+_DEVICE_SETTING = re.compile(r"auto|gpu|(cpu|mps|cuda)(:\d+)?")  # what cxrviewer.device accepts
 
 
 class Banner(QFrame):
@@ -262,6 +264,8 @@ class MainWindow(QMainWindow):
         self.settings = make_settings()
         self.persist = persist_settings
         saved = self.settings.value("device", "", str)
+        if saved and not _DEVICE_SETTING.fullmatch(saved.strip().lower()):
+            saved = ""  # a damaged or hand-edited value must not make every model load fail
         self.device_pref = device or (saved if saved and saved != "auto" else None)
 
         # state
@@ -298,6 +302,8 @@ class MainWindow(QMainWindow):
         self.runner.busyChanged.connect(self._busy_changed)
         self.runner.jobFailed.connect(lambda ch, msg: self.show_error(msg))
         self._restore_settings()
+        if self.settings.property(SETTINGS_NOTICE):
+            self.show_error(str(self.settings.property(SETTINGS_NOTICE)), kind="info")
         self.refresh_models()
 
     # ============================================================================== construction
@@ -555,7 +561,9 @@ class MainWindow(QMainWindow):
         state = s.value("window/state")
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
-        method = s.value("heatmap/method", "none", str)
+        method = s.value("heatmap/method", "", str)
+        if not method:  # first run: show where the model looked as soon as there is a model and a film
+            self.heatmap_if_model = "attention"
         opacity = s.value("heatmap/opacity", 45, int)
         cmap = s.value("heatmap/colormap", "jet", str)
         self.heatmap.blockSignals(True)
@@ -817,6 +825,7 @@ class MainWindow(QMainWindow):
             self.model_info.setText((self.model_info.text() + "\n" + hint).strip())
         if self.heatmap_if_model and self.heatmap.request.method == "none":
             self.heatmap.set_method(self.heatmap_if_model)
+            self.heatmap_if_model = None
 
     def use_model_argument(self, name_or_path: str) -> None:
         """``--model``: an installed model's name, or a checkpoint file used where it is."""
@@ -926,6 +935,10 @@ class MainWindow(QMainWindow):
         self.choices = [c for c in self.choices if c.key != choice.key] + [choice]
         self.selector.set_choices(self.choices, choice.key)
         self.choose_model(choice.key)
+        if getattr(choice, "install_problem", ""):
+            self.show_error(f"Model {choice.display_name} is used from {Path(choice.path).name} where it is: it could "
+                            f"not be copied into your model folder ({choice.install_problem}).", kind="info")
+            return
         self.show_error(f"Model {choice.display_name} installed ({', '.join(choice.classes)}).", kind="info")
 
     def show_model_card(self) -> None:
@@ -975,6 +988,10 @@ class MainWindow(QMainWindow):
         avail = {"attention"} if result.attention is not None else set()
         avail |= {"gradcam", "lime"}
         self.heatmap.set_available(avail)
+        if self.heatmap.request.method not in avail | {"none"}:
+            self.heatmap.blockSignals(True)  # plain baselines have no attention of their own; all have Grad-CAM
+            self.heatmap.set_method("gradcam")
+            self.heatmap.blockSignals(False)
         self.request_heatmap()
 
     def _prediction_failed(self, path: str, msg: str) -> None:

@@ -62,7 +62,7 @@ class ProbabilityPanel(QWidget):
         self.selected = None
         self.outside = ood is not None and ood.verdict == "outside"
         lines = [ood.sentence] if ood is not None and ood.verdict != "inside" else []
-        self.caution = " ".join(lines + list(evidence))
+        self.caution = " ".join(lines + [e for e in evidence if e not in lines])
         self.setToolTip(ood.sentence if ood is not None else "This model carries no out-of-distribution check.")
         self._update_height()
 
