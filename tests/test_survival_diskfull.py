@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 import inference_helpers as ih  # noqa: E402
 from _trainer_synth import make_dataset  # noqa: E402
+from _interrupted_runs import check_run_folder as _check_run_folder, events as _events, reported_epochs as _reported_epochs, temporaries as _temporaries  # noqa: E501
 
 EPOCHS = 2
 
@@ -37,47 +37,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-# ----------------------------------------------------------------------------------- helpers
-def _events(jsonl: Path) -> list:
-    if not jsonl.exists():
-        return []
-    out = []
-    for line in jsonl.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line cut by the kill
-            pass
-    return out
-
-
-def _reported_epochs(jsonls) -> int:
-    return max([e["epoch"] for j in jsonls for e in _events(j) if e["event"] == "epoch"] or [0])
-
-
-def _temporaries(run: Path) -> list:
-    return sorted(p.name for p in run.glob(".*.tmp"))
-
-
-def _check_run_folder(run: Path, reported: int) -> dict:
-    """What must hold after any interruption; returns what was found."""
-    from cxrviewer.checkpoint import load_checkpoint
-    from trainer.state import load_state
-
-    meta, model_state, _opt = load_state(run)
-    state_epoch = meta["info"]["epoch"]
-    # never behind an epoch the run reported, at most one epoch (the one in progress) ahead of it
-    assert reported <= state_epoch <= reported + 1, (reported, state_epoch)
-    assert [h["epoch"] for h in meta["info"]["history"]] == list(range(1, state_epoch + 1))
-    found = {"state_epoch": state_epoch}
-    for name in ("last", "best"):
-        model, card = load_checkpoint(run / f"{name}.safetensors")
-        found[name] = card["training"]["epochs"]
-    # the checkpoints are written before the state: at most one epoch ahead of it, never behind
-    assert state_epoch <= found["last"] <= state_epoch + 1, found
-    assert 1 <= found["best"] <= found["last"], found
-    return found
 
 
 # ---------------------------------------------------------------------------------- disk full
