@@ -105,7 +105,10 @@ def validate_card(card, path=None) -> dict:
 
     if not isinstance(card, dict):
         raise bad("not a JSON object")
-    c = copy.deepcopy(card)
+    try:
+        c = copy.deepcopy(card)
+    except RecursionError:  # JSON nested a few hundred deep parses, but is deeper than deepcopy recurses
+        raise bad("nested too deeply") from None
     fv = c.get("format_version")
     if isinstance(fv, bool) or not isinstance(fv, int) or fv < 1:
         raise bad(f"format_version must be a positive integer, got {fv!r}")
@@ -249,7 +252,7 @@ def _read_header(path: Path) -> dict:
         raise CheckpointError(path, "the file is truncated (its header is cut off); copy it again")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, integers over 4300 digits, nesting too deep
         raise CheckpointError(path, "not a safetensors file, or its header is damaged") from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "not a safetensors file (no valid header)")
@@ -262,7 +265,7 @@ def _read_header(path: Path) -> dict:
             lo, hi = (int(v) for v in info["data_offsets"])
             shape = [int(d) for d in info["shape"]]
             nbytes = _DTYPE_BYTES[info["dtype"]] * math.prod(shape)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity)
             raise CheckpointError(path, f"damaged safetensors header (entry {key!r})") from None
         if hi - lo != nbytes or lo < 0:
             raise CheckpointError(path, f"damaged safetensors header (entry {key!r} has the wrong length)")
@@ -282,7 +285,7 @@ def _card_from_header(path: Path, header: dict) -> dict:
         )
     try:
         card = json.loads(meta[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, ValueError, RecursionError):  # also integers over 4300 digits, nesting too deep
         raise CheckpointError(path, "the model card is not valid JSON") from None
     return validate_card(card, path)
 
@@ -335,7 +338,8 @@ def _build(card: dict, path=None):
 
     try:
         return create_model(card["arch"], len(card["classes"]), pretrained=None, **card["arch_args"])
-    except TypeError as e:
+    except Exception as e:  # noqa: BLE001 - hostile arch_args raise anything: TypeError, ValueError,
+        # RuntimeError (negative or overflowing sizes), ZeroDivisionError (a reduction of 0)...
         raise CheckpointError(path, f"architecture {card['arch']!r} rejects the card's arch_args: {e}") from None
 
 
@@ -400,6 +404,8 @@ def load_checkpoint(path, device="cpu") -> tuple:
                 if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.sum(dtype=torch.float64))):
                     raise CheckpointError(path, f"the weights contain NaN or infinite values ({k}); the "
                                                 "training run that wrote it diverged")
+                if k.endswith("running_var") and t.numel() and bool((t < 0).any()):  # NaN for every film
+                    raise CheckpointError(path, f"the weights contain negative variances ({k}); the file is damaged")
                 state[k] = t
     except (SafetensorError, OSError) as e:
         raise CheckpointError(path, f"cannot read the weights ({e})") from None
@@ -471,6 +477,8 @@ def import_torch_weights(pth_path, arch: str, classes, out_path, *, arch_args: O
         raise CheckpointError(pth_path, f"not a plain PyTorch weights file that can be read safely ({e})") from None
     except OSError as e:
         raise CheckpointError(pth_path, f"cannot read the file ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 - e.g. SafetensorError: torch.load hands *.safetensors to safetensors
+        raise CheckpointError(pth_path, f"not a plain PyTorch weights file that can be read safely ({e})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

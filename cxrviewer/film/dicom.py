@@ -156,6 +156,10 @@ def _read_header(path: Path, head: bytes, notes: list):
     # pydicom's value-validation warnings quote the offending value, which may be a patient name, into
     # the log; reading is forgiving anyway, so they carry nothing a reader or a log needs.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    if head[128:132] == b"DICM" and _is_deflated(path):
+        # pydicom inflates the whole dataset in memory before anything can be checked: a 2 MB file can
+        # inflate to gigabytes (and the size checks below assume offsets in the file, not in the inflated data).
+        raise FilmError(path, "unsupported transfer syntax 1.2.840.10008.1.2.1.99 (Deflated Explicit VR Little Endian)")
     try:
         ds = pydicom.dcmread(str(path), force=True, defer_size=_DEFER_SIZE)
     except EOFError:
@@ -196,6 +200,17 @@ def _read_header(path: Path, head: bytes, notes: list):
         ds.file_meta.TransferSyntaxUID = uid
         notes.append(f"No file meta header: read as {uid.name}.")
     return ds
+
+
+def _is_deflated(path: Path) -> bool:
+    """Whether the file meta header names the deflated transfer syntax (read alone: a few hundred bytes)."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        ts = read_file_meta_info(str(path)).get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - the full read reports what is wrong with the header
+        return False
+    return ts is not None and str(ts).strip("\x00 ") == "1.2.840.10008.1.2.1.99"
 
 
 def _has_pixel_data(ds) -> bool:
@@ -249,6 +264,18 @@ def _check_image(path: Path, ds, max_pixels: int) -> None:
         raise FilmError(path, f"inconsistent header: Bits Stored {stored} with Bits Allocated {alloc}")
     if spp not in (1, 3):
         raise FilmError(path, f"unsupported Samples per Pixel ({spp})")
+    # The pixel limit budgets the float32 film (4 bytes a pixel), but the decoder first allocates the
+    # frame as stored: colour or 32/64-bit samples make that up to 6x larger (a 60 MP 32-bit RGB frame is
+    # 720 MB, and near 2 GB resident once converted), so the decoded frame gets the same 4-byte budget.
+    decoded = rows * cols * spp * max(1, alloc // 8)
+    if decoded > 4 * max_pixels:
+        size = lambda n: f"{n / 1e6:.0f} MB" if n >= 10**6 else f"{n} bytes"  # noqa: E731
+        raise FilmError(
+            path,
+            f"image too large: {cols}×{rows} with {spp} sample{'s' if spp > 1 else ''} of {alloc} bits is "
+            f"{size(decoded)} decoded, above the limit of {size(4 * max_pixels)} "
+            "(set CXRVIEWER_MAX_PIXELS to raise it)",
+        )
 
     ts = ds.file_meta.TransferSyntaxUID
     if not ts.is_transfer_syntax:
@@ -303,7 +330,12 @@ def _decode_first_frame(path: Path, ds):
     frames = _frames(ds)
     plugins = [""]
     if "JPEG-LS" in ts.name and "pyjpegls" in decoder.available_plugins:
-        plugins = ["pyjpegls", ""]  # CharLS is 3-4× faster than libjpeg's JPEG-LS decoder
+        # CharLS is 3-4× faster than libjpeg's JPEG-LS decoder, but given a codestream without its end
+        # marker (a cut-off file) it spins for seconds per 100k pixels before failing: only libjpeg gets those.
+        others = [p for p in decoder.available_plugins if p != "pyjpegls"]
+        plugins = (["pyjpegls"] if _jpeg_ls_complete(ds, frames) else []) + others
+        if not plugins:
+            raise FilmError(path, "truncated JPEG-LS pixel data (the codestream has no end marker)")
     last = None
     for plugin in plugins:
         try:
@@ -312,6 +344,10 @@ def _decode_first_frame(path: Path, ds):
         except MemoryError:
             raise FilmError(path, "not enough memory to decode the image") from None
         except Exception as exc:  # noqa: BLE001 - decoders raise anything on corrupt data
+            last = exc
+        except BaseException as exc:  # a Rust decoder's panic (pylibjpeg-rle: pyo3 PanicException) is no Exception
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
             last = exc
     else:
         reason = _short(last)
@@ -322,6 +358,17 @@ def _decode_first_frame(path: Path, ds):
     if arr.ndim == (4 if _int(ds, "SamplesPerPixel", 1) > 1 else 3):  # defensive: keep frame 1 only
         arr = arr[0]
     return arr, frames
+
+
+def _jpeg_ls_complete(ds, frames: int) -> bool:
+    """Whether the first frame's JPEG-LS codestream ends with its EOI marker (after any zero padding)."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception:  # noqa: BLE001 - the decoders will say what is wrong with the encapsulation
+        return True
+    return bytes(frame[-8:]).rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 def _to_grey(path: Path, ds, raw: np.ndarray, photometric: str, notes: list) -> np.ndarray:
