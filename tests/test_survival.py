@@ -30,6 +30,7 @@ from cxrviewer.gui.main_window import MainWindow  # noqa: E402
 # ------------------------------------------------------------------------------------------ helpers
 def _window(qtbot, persist=False) -> MainWindow:
     win = MainWindow(persist_settings=persist)
+    win.heatmap_if_model = None  # start with the heatmap off: the faults below choose when maps are computed
     qtbot.addWidget(win)
     win.resize(1000, 700)
     win.show()
