@@ -123,6 +123,8 @@ class Predictor:
         self.lock = threading.RLock()
         self.model = model.eval()
         self.ood_guard = OodGuard.from_card(self.card)
+        pop = (self.card.get("card") or {}).get("population")
+        self.population = pop if isinstance(pop, dict) else None  # e.g. the trained age range
         self._fast = None  # (device, bf16, run, description)
         self._reduced_ok: Optional[bool] = None  # reduced precision checked on real inputs: None = not yet
         self.fast_reduced_error: Optional[float] = None  # what that check measured
@@ -207,7 +209,7 @@ class Predictor:
         """Exact, calibrated prediction for one film, with pooled features and the model's attention."""
         x, geo = self.preprocess(film)
         pred = self.predict_input(x, geo)
-        pred.ood = with_header(pred.ood, getattr(film, "info", None))
+        pred.ood = with_header(pred.ood, getattr(film, "info", None), self.population)
         return pred
 
     def predict_gray(self, gray: np.ndarray) -> Prediction:

@@ -184,13 +184,40 @@ CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAX_AP", "PORT CHEST")
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "SC", "")
 
 
-def header_findings(info: Optional[dict]) -> list:
+AGE_MARGIN_YEARS = 5  # beyond the trained age range by more than this: outside; by less: unusual
+
+
+def age_years(text) -> Optional[float]:
+    """DICOM Age String ("004Y", "018M", "003W", "010D") in years, or None. Bare digits ("81", written by
+    some exporters, the NIH set among them) are read as years."""
+    t = str(text or "").strip().upper()
+    if t.isdigit() and len(t) <= 3:
+        return float(int(t))
+    if len(t) < 2 or not t[:-1].isdigit() or t[-1] not in "YMWD":
+        return None
+    return int(t[:-1]) / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[t[-1]]
+
+
+def header_findings(info: Optional[dict], population: Optional[dict] = None) -> list:
     """Cheap evidence from a DICOM header that a film is not what a frontal chest-film model expects, as
     ``(verdict, sentence)``: a body part other than the chest, or a modality that is not a projection
-    radiograph, is OUTSIDE whatever the image looks like; a lateral view is UNUSUAL. Empty when the header
-    agrees or says nothing (raster files have no header: absence is not evidence)."""
+    radiograph, is OUTSIDE whatever the image looks like; a lateral view is UNUSUAL. With the model's
+    ``population`` (its card's ``{"min_age_years", "max_age_years"}``), a patient age beyond the trained
+    range is UNUSUAL, or OUTSIDE when more than ``AGE_MARGIN_YEARS`` beyond it (an adult on a paediatric
+    model). Empty when the header agrees or says nothing (raster files have no header: absence is not
+    evidence)."""
     info = info or {}
     out = []
+    age = age_years(info.get("patient_age"))
+    lo = (population or {}).get("min_age_years")
+    hi = (population or {}).get("max_age_years")
+    if age is not None and (lo is not None or hi is not None):
+        lo_, hi_ = float(lo if lo is not None else 0), float(hi if hi is not None else 200)
+        if age < lo_ or age > hi_:
+            off = max(lo_ - age, age - hi_)
+            shown = f"{age:.0f} years" if age >= 2 else f"{age * 12:.0f} months"
+            out.append((OUTSIDE if off > AGE_MARGIN_YEARS else UNUSUAL,
+                        f"Patient age {shown}: the model was trained on ages {lo_:g} to {hi_:g}."))
     modality = str(info.get("modality") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         out.append((OUTSIDE, f"Modality {modality}: not a projection radiograph."))
@@ -203,18 +230,19 @@ def header_findings(info: Optional[dict]) -> list:
     return out
 
 
-def header_evidence(info: Optional[dict]) -> list:
+def header_evidence(info: Optional[dict], population: Optional[dict] = None) -> list:
     """The sentences of :func:`header_findings`."""
-    return [sentence for _, sentence in header_findings(info)]
+    return [sentence for _, sentence in header_findings(info, population)]
 
 
 _RANK = {INSIDE: 0, UNUSUAL: 1, OUTSIDE: 2}
 
 
-def with_header(result: Optional[OodResult], info: Optional[dict]) -> Optional[OodResult]:
+def with_header(result: Optional[OodResult], info: Optional[dict],
+                population: Optional[dict] = None) -> Optional[OodResult]:
     """``result`` with the header's evidence attached and its verdict raised to what the header says (a hip
     film is outside a chest model even when its pixels score only unusual); never lowered."""
-    findings = header_findings(info)
+    findings = header_findings(info, population)
     if result is None or not findings:
         return result
     verdict = max([result.verdict] + [v for v, _ in findings], key=_RANK.__getitem__)

@@ -62,3 +62,18 @@ def test_the_dicom_header_raises_the_verdict_never_lowers_it():
         assert with_header(inside, agreeing) is inside and header_evidence(agreeing) == []
     assert with_header(None, {"body_part": "HAND"}) is None
     assert hip.to_dict()["header_evidence"] == list(hip.evidence)
+
+
+def test_patient_age_beyond_the_trained_population():
+    from cxrviewer.ood import UNUSUAL, OodResult, age_years, with_header
+
+    assert age_years("004Y") == 4 and age_years("018M") == 1.5 and age_years("") is None and age_years("81") == 81
+    assert age_years("0x4Y") is None and age_years("12345") is None
+    kids = {"min_age_years": 1, "max_age_years": 5}
+    inside = OodResult(0.5, INSIDE, 2.0, 4.0)
+    adult = with_header(inside, {"patient_age": "081Y"}, kids)
+    assert adult.verdict == OUTSIDE and "81 years" in adult.evidence[0] and "1 to 5" in adult.evidence[0]
+    assert with_header(inside, {"patient_age": "008Y"}, kids).verdict == UNUSUAL
+    assert with_header(inside, {"patient_age": "003Y"}, kids) is inside
+    assert with_header(inside, {"patient_age": "081Y"}, None) is inside  # no population: no claim
+    assert with_header(inside, {"patient_age": "006Y"}, {"min_age_years": 18}).verdict == OUTSIDE

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainer.metrics import card_metrics
 
-CARD_TEXT_FIELDS = ("description", "intended_use", "data", "limits", "licence", "training_notes")
+CARD_TEXT_FIELDS = ("description", "intended_use", "data", "limits", "licence", "training_notes", "population")
 
 
 class PublishError(Exception):

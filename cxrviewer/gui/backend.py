@@ -190,7 +190,8 @@ class Backend:
             pred = predictor.predict_film(film)
         from cxrviewer.ood import header_evidence
 
-        return prediction_result(pred, film_key, model_key, header_evidence(getattr(film, "info", None)))
+        return prediction_result(pred, film_key, model_key,
+                                 header_evidence(getattr(film, "info", None), getattr(predictor, "population", None)))
 
     def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
                 out_side: int = 1024, cache_key=None):

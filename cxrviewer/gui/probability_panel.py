@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QRect, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QPainter
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
@@ -16,7 +16,7 @@ from cxrviewer.gui import viewmath as vm
 
 BAR_H = 22
 GAP = 6
-CAUTION_H = 64
+CAUTION_H = 40  # at least; grows with the sentence
 
 
 class ProbabilityPanel(QWidget):
@@ -72,9 +72,20 @@ class ProbabilityPanel(QWidget):
     # ------------------------------------------------------------------------------------------
     def _update_height(self) -> None:
         n = len(self.pairs)
-        h = 28 + (n * (BAR_H + GAP) if n else 76) + (CAUTION_H if n and self.caution else 0)
+        h = 28 + (n * (BAR_H + GAP) if n else 76) + (self._caution_height() if n and self.caution else 0)
         self.setFixedHeight(h)
         self.update()
+
+    def _caution_height(self) -> int:
+        """The wrapped sentence's height at the current width (the panel grows to show all of it)."""
+        w = max(120, self.width())
+        r = self.fontMetrics().boundingRect(QRect(0, 0, w, 10000), int(Qt.AlignLeft | Qt.TextWordWrap), self.caution)
+        return max(CAUTION_H, r.height() + 8)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.caution and self.pairs and self.height() != 28 + len(self.pairs) * (BAR_H + GAP) + self._caution_height():
+            self._update_height()
 
     def mousePressEvent(self, event) -> None:
         y = event.position().y() - 28
@@ -130,5 +141,5 @@ class ProbabilityPanel(QWidget):
         if self.caution:
             p.setFont(self.font())
             p.setPen(QColor(242, 197, 114))
-            p.drawText(QRectF(0, y, w, CAUTION_H), Qt.AlignLeft | Qt.AlignTop | Qt.TextWordWrap, self.caution)
+            p.drawText(QRectF(0, y, w, self._caution_height()), Qt.AlignLeft | Qt.AlignTop | Qt.TextWordWrap, self.caution)
         p.end()
