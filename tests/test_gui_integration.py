@@ -123,6 +123,7 @@ def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path, no_bundled_mo
     assert win.prediction.ood is not None and win.prediction.ood.verdict == "outside"
     assert win.probs.outside and "not meaningful" in win.probs.caution
     assert "HAND, not chest" in win.probs.caution
+    assert win.worklist.rows[str(hand)].reading() == "outside training data"
     assert win.probs.height() > 28 + 3 * 28  # room for the sentence under the bars
     win.grab().save(str(tmp_path / "outside.png"))  # paints without error
 

@@ -971,7 +971,8 @@ class MainWindow(QMainWindow):
 
     def _prediction_done(self, result: PredictionResult) -> None:
         self.predictions[(result.model_key, result.film_key)] = result
-        self.worklist.set_prediction(result.film_key, result.classes, result.probs, result.top_class)
+        self.worklist.set_prediction(result.film_key, result.classes, result.probs, result.top_class,
+                                     getattr(result.ood, "verdict", ""))
         if result.film_key != self.current_path or self.model is None or result.model_key != self.model.key:
             return  # a result for a film or model that is no longer shown
         self._show_prediction(result)
@@ -1030,7 +1031,8 @@ class MainWindow(QMainWindow):
             if self.model is None or item.model_key != self.model.key:
                 return
             self.predictions[(item.model_key, item.film_key)] = item
-            self.worklist.set_prediction(item.film_key, item.classes, item.probs, item.top_class)
+            self.worklist.set_prediction(item.film_key, item.classes, item.probs, item.top_class,
+                                         getattr(getattr(item, "ood", None), "verdict", ""))
             if item.film_key == self.current_path and self.prediction is None and self.film is not None:
                 self.runner.cancel("predict")
                 self._show_prediction(item)

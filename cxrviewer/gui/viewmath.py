@@ -217,11 +217,14 @@ class WorklistRow:
     suspicion: Optional[float] = None
     error: str = ""
     extra: dict = field(default_factory=dict)
+    ood_verdict: str = ""  # "outside": the film is not one the model knows; its class is not shown as a reading
 
     def reading(self) -> str:
         """The worklist's second column: the model's top class, or why the film cannot be read."""
         if self.error:
             return "unreadable"
+        if self.ood_verdict == "outside":
+            return "outside training data"
         if self.top_class:
             return f"{self.top_class} {self.top_prob * 100:.0f}%"
         return ""

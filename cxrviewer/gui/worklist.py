@@ -140,14 +140,16 @@ class Worklist(QWidget):
     def step(self, delta: int) -> None:
         self.list.setCurrentRow(vm.step_index(self.list.currentRow(), self.list.count(), delta))
 
-    def set_prediction(self, path: str, classes, probs, top_class: str) -> None:
+    def set_prediction(self, path: str, classes, probs, top_class: str, ood_verdict: str = "") -> None:
         row = self.rows.get(str(path))
         if row is None:
             return
         pairs = vm.sorted_probabilities(classes, probs)
         row.top_class = top_class or (pairs[0][0] if pairs else "")
         row.top_prob = dict(pairs).get(row.top_class, pairs[0][1] if pairs else 0.0)
-        row.suspicion = vm.suspicion(classes, probs)
+        row.ood_verdict = ood_verdict or ""
+        # a film outside the model's training data has no meaningful suspicion: it sorts with the unread ones
+        row.suspicion = None if row.ood_verdict == "outside" else vm.suspicion(classes, probs)
         row.error = ""
         if self.sort_key != "name":
             self._rebuild(keep=self.current_path())
@@ -206,6 +208,8 @@ class Worklist(QWidget):
             item.setToolTip(col, row.error or row.path)
         if row.error:
             item.setForeground(1, QBrush(QColor(230, 120, 90)))
+        elif row.ood_verdict == "outside":
+            item.setForeground(1, QBrush(QColor(140, 146, 152)))
         elif row.suspicion is not None and row.suspicion >= 0.5:
             item.setForeground(1, QBrush(QColor(255, 196, 90)))
         else:
