@@ -126,7 +126,9 @@ def run(argv=None, backend=None) -> int:
     app.processEvents()  # the first paint: the window is really on screen now
     shown = time.perf_counter()
     win.startup = {"shown_s": shown - _T0, "since_process_start_s": process_age_s(),
-                   "torch_imported_before_show": "torch" in sys.modules}
+                   "torch_imported_before_show": (win.torch_imported_at_first_show
+                                                  if win.torch_imported_at_first_show is not None
+                                                  else "torch" in sys.modules)}
     if os.environ.get("CXRVIEWER_TIMING"):
         age = win.startup["since_process_start_s"]
         print(f"window shown after {win.startup['shown_s'] * 1000:.0f} ms"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -284,6 +285,7 @@ class MainWindow(QMainWindow):
         self.last_method = "attention"
         self.errors: list = []  # messages shown this session (for tests and --screenshot)
         self._shown = False
+        self.torch_imported_at_first_show: Optional[bool] = None
         self._model_pending = False
         self._discover_pending = False
         self._model_arg: Optional[str] = None
@@ -599,6 +601,9 @@ class MainWindow(QMainWindow):
         if self._shown:
             return
         self._shown = True
+        # what start-up timing reports: the slow work below (model discovery imports torch on a worker) starts
+        # only now, and on a fast machine may finish importing before the caller's first processEvents returns
+        self.torch_imported_at_first_show = "torch" in sys.modules
         if self._discover_pending:
             self.refresh_models()
         if self._model_pending and self.model is not None:
