@@ -1,10 +1,8 @@
 """The explanation workflow around the maps: cancel, coarse-then-refined LIME, the cache, attention, the
 exports (no identifiers unless asked) and the ``cxrviewer explain`` command."""
 
-import re
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from cxrviewer.explain import (Cancelled, ExplanationCache, LimeSettings, NoAtte
 from cxrviewer.explain.report import save_overlay_png
 from cxrviewer.film.types import Film
 from cxrviewer.preprocess import PreprocessSpec
+from pdf_text import pdf_text  # noqa: E402
 
 REGION = (60, 140, 320, 440)
 PHI_NAME = "Zyxwvut^Quirinus"
@@ -140,26 +139,6 @@ def test_attention_from_the_prediction_and_a_clear_message_without_it(setup):
         explain_attention(pred, film)  # the box model has no attention
 
 
-def _pdf_text(data: bytes) -> str:
-    """Text shown by a matplotlib PDF: the strings of Tj/TJ operators in every (deflated) content stream."""
-    chunks = []
-    for m in re.finditer(rb">>\s*stream\r?\n", data):
-        if b"/Subtype /Image" in data[data.rfind(b" obj", 0, m.start()) : m.start()]:
-            continue  # pixels, not text (and scanning them is slow)
-        end = data.find(b"endstream", m.end())
-        body = data[m.end() : end]
-        try:
-            chunks.append(zlib.decompress(body))
-        except zlib.error:
-            chunks.append(body)
-    out = []
-    for c in chunks:
-        for arr in re.findall(rb"\[(.*?)\]\s*TJ", c, re.S):
-            out.append(b"".join(re.findall(rb"\(((?:\\.|[^\\)])*)\)", arr)))
-        out.extend(re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", c))
-    return b"\n".join(out).decode("latin-1").replace("\\", "")
-
-
 @pytest.mark.parametrize("suffix", [".pdf", ".png"])
 def test_report_has_no_identifiers_unless_asked(setup, tmp_path, suffix):
     from PIL import Image
@@ -174,7 +153,7 @@ def test_report_has_no_identifiers_unless_asked(setup, tmp_path, suffix):
                         model_version="0.1", film=film, include_identifiers=True)
     raw = plain.read_bytes()
     if suffix == ".pdf":
-        text, named_text = _pdf_text(raw), _pdf_text(named.read_bytes())
+        text, named_text = pdf_text(raw), pdf_text(named.read_bytes())
         assert "Pneumonia" in text and "Decision support only" in text  # the extraction works...
     for phi in (PHI_NAME, PHI_ID, "Zyxwvut_Quirinus"):
         assert phi.encode() not in raw
@@ -217,7 +196,7 @@ def test_explain_cli_end_to_end(tmp_path, capsys):
     assert rc == 0, captured.err
     assert "lime for Pneumonia-Viral" in captured.out
     assert np.asarray(Image.open(out)).shape == (320, 288, 3)
-    assert rep.read_bytes().startswith(b"%PDF") and "Pneumonia-Viral" in _pdf_text(rep.read_bytes())
+    assert rep.read_bytes().startswith(b"%PDF") and "Pneumonia-Viral" in pdf_text(rep.read_bytes())
     for method in ("attention", "gradcam"):
         o = tmp_path / f"{method}.png"
         assert main(["explain", str(film), "--method", method, "--model", str(ckpt), "--out", str(o),

@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import pytest
@@ -34,6 +32,7 @@ torch = pytest.importorskip("torch")
 
 import dicom_factory as df  # noqa: E402
 import inference_helpers as ih  # noqa: E402
+from pdf_text import pdf_text  # noqa: E402
 
 IDENTIFIERS = {
     "PatientName": "DOE^JANE",
@@ -81,25 +80,6 @@ def without_file_name(text: str, film: Path) -> str:
     for s in (str(film), str(film.parent / film.stem), film.name, film.stem):
         text = text.replace(s, "<film>")
     return text
-
-
-def pdf_text(data: bytes) -> str:
-    """Text shown by a matplotlib PDF: the strings of Tj/TJ operators in every (inflated) content stream."""
-    chunks = []
-    for m in re.finditer(rb">>\s*stream\r?\n", data):
-        if b"/Subtype /Image" in data[data.rfind(b" obj", 0, m.start()): m.start()]:
-            continue
-        body = data[m.end(): data.find(b"endstream", m.end())]
-        try:
-            chunks.append(zlib.decompress(body))
-        except zlib.error:
-            chunks.append(body)
-    out = []
-    for c in chunks:
-        for arr in re.findall(rb"\[(.*?)\]\s*TJ", c, re.S):
-            out.append(b"".join(re.findall(rb"\(((?:\\.|[^\\)])*)\)", arr)))
-        out.extend(re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", c))
-    return b"\n".join(out).decode("latin-1").replace("\\", "")
 
 
 def file_leaks(path: Path) -> list:
