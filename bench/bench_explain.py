@@ -184,13 +184,18 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
     calib = [render(load_film(f)) for f in pick_films(12)[-8:]]  # head/BN statistics need a few films
     pred = build_predictor(name, calib)
     spec = pred.spec
+    # the fp32 gold runs get their own Predictor: sharing one would make it rebuild its fast copy each time
+    # the explanation under test and the gold alternate (a cost the viewer, with one fast copy, never pays)
+    from cxrviewer.inference import Predictor
+
+    gold_pred = Predictor(pred.model, pred.card, "cpu")
     res = {"model": name, "films": len(films), "j_ref": [], "j_ours": [], "t_ours": [], "t_ref": [], "t_ours_ref": [],
            "n_seg_qs": [], "n_seg_ours": [], "tune": {}}
     for i, (path, gray) in enumerate(zip(films, grays)):
         square, _ = fit_to_square(gray, spec.input_size, spec.resize)
         image = np.repeat(square[:, :, None], 3, axis=2)
         cls = int(pred.predict_gray(gray).top_index)
-        exact = exact_batched(pred, spec)
+        exact = exact_batched(gold_pred, spec)
 
         t0 = time.perf_counter()
         ours = explain_lime(pred, gray, cls, settings)

@@ -3,6 +3,8 @@
     python bench/bench_inference.py                      # every registered architecture
     python bench/bench_inference.py --models mobilenet_lung,resnet18 --batch 16
     python bench/bench_inference.py --quick              # mobilenet_lung only, small batch, few repeats
+    python bench/bench_inference.py --models resources/models/mobilenet_lung-kermany3.safetensors  # trained, real films
+    python bench/bench_inference.py --unchecked          # also: what bf16 would give where its check refuses it
 
 For each network it measures, on the chosen device:
 - single-film latency (batch 1) and batch throughput (``--batch`` films in one call) of
@@ -17,7 +19,10 @@ For each network it measures, on the chosen device:
 Networks start from random weights (offline machine), which make a deep network's output nearly constant
 and would hide any fast/exact difference; the batch norm statistics and the classifier are therefore
 re-estimated on film-like inputs first (see ``_realistic``), so the probabilities vary like a trained
-model's. Times are the fastest of repeated round-robin runs after a warm-up (see timed_round_robin); it prints a markdown table and writes nothing.
+model's. Their heads must amplify tiny feature differences to do so, which makes them far more sensitive
+to bf16 rounding than a trained network: the fast path's check then refuses bf16 and they run in fp32
+(``--unchecked`` shows what bf16 would have given). A trained checkpoint given to ``--models`` is scored on
+real films from ../shared/data instead. Times are the fastest of repeated round-robin runs after a warm-up (see timed_round_robin); it prints a markdown table and writes nothing.
 """
 
 from __future__ import annotations
@@ -69,14 +74,30 @@ def timed_round_robin(fns: dict, repeats: int) -> dict:
     return best
 
 
-def bench_one(name: str, device: torch.device, batch: int, repeats: int) -> dict:
+def film_inputs(pred: Predictor, n: int, offset: int = 0) -> torch.Tensor:
+    """Real films from ../shared/data (paediatric then adult), preprocessed by the checkpoint's own spec."""
+    from cxrviewer.film import load_film
+
+    data = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    paths = sorted((data / "kermany-fullres").rglob("*.png")) + sorted((data / "adult").rglob("*.png"))[::25]
+    if len(paths) < offset + n:
+        raise SystemExit(f"not enough films under {data}")
+    return torch.from_numpy(np.stack([pred.preprocess(load_film(p))[0] for p in paths[offset:offset + n]]))
+
+
+def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=None, reduced_capability=False) -> dict:
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = _realistic(create_model(name, len(CLASSES), pretrained=None))
+    if name.endswith(".safetensors"):  # a trained checkpoint, scored on real films
+        pred = Predictor.from_checkpoint(name, device)
+        model, name = pred.model, Path(name).stem
+        x1, xb = film_inputs(pred, 1), film_inputs(pred, batch, offset=1)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = _realistic(create_model(name, len(CLASSES), pretrained=None))
+        pred = Predictor(model, card_defaults(model, CLASSES, name=name), device)
+        x1, xb = inputs(1), inputs(batch, seed=10)
     params = sum(p.numel() for p in model.parameters())
-    pred = Predictor(model, card_defaults(model, CLASSES, name=name), device)
-    x1, xb = inputs(1), inputs(batch, seed=10)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def eager(x):
@@ -86,32 +107,49 @@ def bench_one(name: str, device: torch.device, batch: int, repeats: int) -> dict
         return out
 
     t0 = time.perf_counter()
-    how = pred.prepare_fast()
+    pred.fast_predict_batch(xb, batch_size=batch, bf16=bf16)  # builds the fast copy and checks bf16
     setup = time.perf_counter() - t0
-    r = {"name": name, "params": params, "fast_how": how, "fast_setup_s": setup}
+    r = {"name": name, "params": params, "fast_how": pred.prepare_fast(bf16), "fast_setup_s": setup}
     for label, x in (("single", x1), ("batch", xb)):
         n = x.shape[0]
         best = timed_round_robin({
             "eager": lambda: eager(x),
             "exact": lambda: pred.predict_batch(x, batch_size=n),
-            "fast": lambda: pred.fast_predict_batch(x),
+            "fast": lambda: pred.fast_predict_batch(x, batch_size=n, bf16=bf16),
         }, repeats if label == "batch" else repeats * 3)
         for k, v in best.items():
             r[f"{label}_{k}_s"] = v
     exact = pred.predict_batch(xb)
-    fast = pred.fast_predict_batch(xb)
+    fast = pred.fast_predict_batch(xb, batch_size=batch, bf16=bf16)
+    r["fast_how"] = pred.prepare_fast(bf16)  # what was in use at the end (reduced precision may be dropped)
     r["max_prob_diff"] = float(np.abs(exact - fast).max())
     r["prob_spread"] = float(np.ptp(exact[:, 0]))
+    if reduced_capability and "autocast" not in r["fast_how"]:
+        # What reduced precision would give if its check did not refuse it: a second predictor whose check
+        # is marked as passed. Information only; the viewer never runs this way.
+        unchecked = Predictor(model, pred.card, device)
+        unchecked._reduced_ok = True
+        t = timed_round_robin({"eager": lambda: eager(xb),
+                               "bf16": lambda: unchecked.fast_predict_batch(xb, batch_size=batch, bf16=True)},
+                              repeats)
+        r["bf16_ratio"] = t["eager"] / t["bf16"]
+        r["bf16_diff"] = float(np.abs(exact - unchecked.fast_predict_batch(xb, batch_size=batch, bf16=True)).max())
     return r
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", help="comma-separated architecture names (default: all; --quick: mobilenet_lung)")
+    ap.add_argument("--models", help="comma-separated architecture names or trained .safetensors checkpoints "
+                                     "(scored on real films) (default: every architecture; --quick: mobilenet_lung)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     ap.add_argument("--batch", type=int, default=None, help="films per batch (default 32; --quick 8)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5; --quick 2)")
     ap.add_argument("--quick", action="store_true", help="small and short: a smoke run, not a measurement")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="the fast path's bf16: auto (the Predictor decides from the hardware), on (forced, still "
+                         "checked against the tolerance), off")
+    ap.add_argument("--unchecked", action="store_true",
+                    help="where the fast path refused bf16, also time bf16 without its check (information)")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",")] if args.models else (
         ["mobilenet_lung"] if args.quick else [m.name for m in list_models()])
@@ -127,7 +165,8 @@ def main(argv=None) -> int:
     for name in names:
         print(f"... {name}", file=sys.stderr, flush=True)
         try:
-            rows.append(bench_one(name, device, batch, repeats))
+            rows.append(bench_one(name, device, batch, repeats, {"auto": None, "on": True, "off": False}[args.bf16],
+                                  args.unchecked))
         except Exception as e:  # one broken architecture must not lose the others' numbers
             print(f"{name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
     if not rows:
@@ -142,6 +181,13 @@ def main(argv=None) -> int:
               f"{r['single_exact_s'] * 1e3:.1f} | {r['single_exact_s'] / r['single_eager_s']:.2f} | "
               f"{r['single_fast_s'] * 1e3:.1f} | {be:.1f} | {bx:.1f} | {r['batch_exact_s'] / r['batch_eager_s']:.2f} | "
               f"{bf:.1f} | {bf / be:.2f} | {r['max_prob_diff']:.2e} | {r['fast_how']} |")
+    refused = [r for r in rows if "bf16_ratio" in r]
+    if refused:
+        print("\nbf16 refused by the tolerance check; what it would have given unchecked:\n")
+        print("| model | bf16 unchecked / eager throughput | its max |Δp| vs exact |")
+        print("|---|---:|---:|")
+        for r in refused:
+            print(f"| {r['name']} | {r['bf16_ratio']:.2f} | {r['bf16_diff']:.2e} |")
     worst = max(r["max_prob_diff"] for r in rows)
     print(f"\nlargest fast-vs-exact probability difference: {worst:.2e} (tolerance {FAST_TOLERANCE}); "
           f"probability spread across films (min over models): {min(r['prob_spread'] for r in rows):.2f}")

@@ -9,7 +9,8 @@ Two paths, on purpose:
   of perturbed copies of one film. A private copy of the network in channels-last layout, run under
   ``torch.inference_mode`` in chunks; on the CPU it is additionally traced and frozen (batch norm folded
   into the convolutions), and it uses bf16 autocast only where the hardware computes bf16 natively (CUDA,
-  or a CPU with AVX512-BF16/AMX), because emulated bf16 is slower than fp32; since bf16's effect depends
+  or a CPU with AVX512-BF16/AMX), because emulated bf16 is slower than fp32, with the batch norms folded
+  into the convolutions first, in fp32 (:func:`fold_batchnorm`); since bf16's effect depends
   on the network, it is checked against the exact path on the first real inputs and dropped if it would
   break the tolerance. Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
   exact path; tests/test_inference.py measures it.
@@ -298,10 +299,12 @@ class Predictor:
         use_bf16 = self.fast_uses_bf16(dev) if bf16 is None else bool(bf16) and self._reduced_ok is not False
         if self._fast is not None and self._fast[0] == dev and self._fast[1] == use_bf16:
             return self._fast[2], self._fast[3]
-        fast = copy.deepcopy(self.model).eval().to(dev, memory_format=torch.channels_last)
+        fast = copy.deepcopy(self.model).eval()
         for p in fast.parameters():
             p.requires_grad_(False)
-        runner, how = fast, "channels-last eager"
+        folded = fold_batchnorm(fast, self.model, self.spec.input_size) if use_bf16 else 0
+        fast = fast.to(dev, memory_format=torch.channels_last)
+        runner, how = fast, "channels-last eager" + (f", {folded} batch norms folded in fp32" if folded else "")
         if dev.type == "cpu" and not use_bf16:
             traced = self._trace_and_freeze(fast, dev)
             if traced is not None:
@@ -398,6 +401,48 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({self.model_name!r}, device={self.device})"
+
+
+def fold_batchnorm(model: torch.nn.Module, reference: torch.nn.Module, size: int) -> int:
+    """Fold, in fp32, each eval-mode BatchNorm2d that directly follows a Conv2d into that convolution, and
+    return how many. For the bf16 path, which cannot be TorchScript-frozen: under autocast an unfolded
+    batch norm costs almost as much as its convolution (it is memory-bound), and folding before any bf16
+    rounding keeps the folded weights exact. Pairs are found in ``nn.Sequential`` containers (torchvision)
+    and as ``convN``/``bnN`` attributes (timm's ResNet blocks); the result is then compared with
+    ``reference`` on a random batch and the model restored if they differ (a pair that was not really in
+    sequence), so a wrong guess costs speed, never correctness."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def foldable(conv, bn) -> bool:
+        return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.running_mean is not None
+                and conv.out_channels == bn.num_features)
+
+    pairs = []
+    for parent in model.modules():
+        names = list(parent._modules)
+        if isinstance(parent, nn.Sequential):
+            pairs += [(parent, a, b) for a, b in zip(names, names[1:])
+                      if foldable(parent._modules[a], parent._modules[b])]
+        else:
+            pairs += [(parent, f"conv{i}", f"bn{i}") for i in ("", 1, 2, 3)
+                      if foldable(parent._modules.get(f"conv{i}"), parent._modules.get(f"bn{i}"))]
+    if not pairs:
+        return 0
+    saved = [(parent, a, b, parent._modules[a], parent._modules[b]) for parent, a, b in pairs]
+    for parent, a, b in pairs:
+        parent._modules[a] = fuse_conv_bn_eval(parent._modules[a], parent._modules[b])
+        parent._modules[b] = nn.Identity()
+    dev = next(reference.parameters()).device  # the copy is still where the reference is
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev)
+    with torch.no_grad():
+        ref, got = reference(probe).float(), model(probe).float()
+    if got.shape == ref.shape and float((ref - got).abs().max()) <= 1e-3 * (1.0 + float(ref.abs().max())):
+        return len(pairs)
+    log.info("fast path: batch-norm folding changed the output; kept unfolded")
+    for parent, a, b, conv, bn in saved:
+        parent._modules[a], parent._modules[b] = conv, bn
+    return 0
 
 
 def _short(exc: BaseException) -> str:

@@ -123,11 +123,12 @@ def fit_to_square(gray: np.ndarray, size: int, mode: str = "squash") -> tuple:
 
 
 def normalise(gray_square: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 (S, S) -> float32 (3, S, S): grey repeated to three channels, then (x/255 - mean)/std."""
+    """uint8 (S, S) -> float32 (3, S, S): grey repeated to three channels, then (x/255 - mean)/std.
+    A batch (B, S, S) gives (B, 3, S, S), the same arithmetic (LIME normalises hundreds at once)."""
     x = gray_square.astype(np.float32) * (1.0 / 255.0)
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return (x[None, :, :] - mean) / std
+    return (x[..., None, :, :] - mean) / std
 
 
 def preprocess_gray(gray: np.ndarray, spec: PreprocessSpec) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cxrviewer import device as devmod
 from cxrviewer.checkpoint import card_defaults, save_checkpoint
 from cxrviewer.device import cpu_supports_bf16, describe_device, select_device
 from cxrviewer.film import Film
-from cxrviewer.inference import FAST_TOLERANCE, InferenceError, Predictor, softmax64
+from cxrviewer.inference import FAST_TOLERANCE, InferenceError, Predictor, fold_batchnorm, softmax64
 from cxrviewer.preprocess import PreprocessSpec, preprocess_film, preprocess_gray
 
 from inference_helpers import CLASSES3, TINY, calibrate, chest_like, make_checkpoint, make_model, realistic_mobilenet_lung
@@ -171,6 +172,50 @@ def test_fast_path_drops_bf16_that_would_break_the_tolerance():
     assert not pr.fast_uses_bf16() and "autocast" not in pr.prepare_fast(bf16=True)  # ...and dropped
     assert np.abs(fast - exact).max() <= FAST_TOLERANCE
     assert np.abs(pr.fast_predict_batch(x, bf16=True) - exact).max() <= FAST_TOLERANCE
+
+
+def test_bf16_path_folds_batch_norm_in_fp32_and_stays_exact_in_fp32():
+    # The bf16 copy has its batch norms folded into the convolutions (in fp32, before any rounding): run
+    # in fp32 the folded copy must give the network's own outputs.
+    from cxrviewer.models import create_model
+
+    torch.manual_seed(0)
+    model = calibrate(create_model("mobilenet_lung", 3, pretrained=None), seed=0).eval()
+    folded = copy.deepcopy(model)
+    n = fold_batchnorm(folded, model, 224)
+    assert n >= 50  # MobileNetV2: every conv of every inverted residual
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.from_numpy(_real_like_batch(3))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-3, rtol=1e-3)  # fp32 reassociation only
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the reference untouched
+    pr = Predictor(model, card_defaults(model, CLASSES3, name="m"), "cpu")
+    assert "batch norms folded" in pr.prepare_fast(bf16=True)
+
+
+def test_batch_norm_folding_undone_when_a_guessed_pair_is_not_in_sequence():
+    # conv1/bn1 by name, but the block normalises its input before the convolution: folding would change
+    # the result, so it must be detected and undone.
+    class PreNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn1 = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.conv1(self.bn1(x)).mean(dim=(2, 3))
+
+    torch.manual_seed(0)
+    ref = PreNorm().eval()
+    with torch.no_grad():
+        ref.bn1.running_mean.uniform_(-1, 1)
+        ref.bn1.running_var.uniform_(0.5, 2)
+    model = copy.deepcopy(ref)
+    assert fold_batchnorm(model, ref, 32) == 0
+    assert isinstance(model.bn1, torch.nn.BatchNorm2d) and type(model.conv1) is torch.nn.Conv2d
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))
 
 
 def test_fast_path_does_not_touch_the_exact_model():

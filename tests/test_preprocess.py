@@ -55,3 +55,14 @@ def test_normalisation_and_spec_round_trip():
 def test_unknown_resize_mode_is_refused():
     with pytest.raises(ValueError, match="unknown resize mode"):
         fit_to_square(np.zeros((4, 4), np.uint8), 8, "stretch")
+
+
+def test_normalise_batch_is_the_single_image_arithmetic():
+    from cxrviewer.preprocess import PreprocessSpec, normalise
+
+    rng = np.random.default_rng(0)
+    grays = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    spec = PreprocessSpec()
+    batch = normalise(grays, spec)
+    assert batch.shape == (4, 3, 32, 32) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, np.stack([normalise(g, spec) for g in grays]))
