@@ -128,8 +128,7 @@ def plain_predict(model, spec):
 
 def exact_batched(pred, spec, batch=64):
     def predict(imgs):
-        x = np.stack([normalise(im[:, :, 0], spec) for im in imgs])
-        return pred.fast_predict_batch(x, batch_size=batch, bf16=False)
+        return pred.fast_predict_batch(normalise(imgs[..., 0], spec), batch_size=batch, bf16=False)
 
     return predict
 

@@ -75,17 +75,16 @@ def timed_round_robin(fns: dict, repeats: int) -> dict:
 
 
 def film_inputs(pred: Predictor, n: int, offset: int = 0) -> torch.Tensor:
-    """Real films from ../shared/data (paediatric then adult), preprocessed by the checkpoint's own spec."""
+    """Real films from ../shared/data (the explanation benchmark's selection), preprocessed by the
+    checkpoint's own spec."""
+    from bench_explain import pick_films
+
     from cxrviewer.film import load_film
 
-    data = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    paths = sorted((data / "kermany-fullres").rglob("*.png")) + sorted((data / "adult").rglob("*.png"))[::25]
-    if len(paths) < offset + n:
-        raise SystemExit(f"not enough films under {data}")
-    return torch.from_numpy(np.stack([pred.preprocess(load_film(p))[0] for p in paths[offset:offset + n]]))
+    return torch.from_numpy(np.stack([pred.preprocess(load_film(p))[0] for p in pick_films(offset + n)[offset:]]))
 
 
-def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=None, reduced_capability=False) -> dict:
+def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=None, unchecked=False) -> dict:
     torch.manual_seed(0)
     if name.endswith(".safetensors"):  # a trained checkpoint, scored on real films
         pred = Predictor.from_checkpoint(name, device)
@@ -109,7 +108,7 @@ def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=No
     t0 = time.perf_counter()
     pred.fast_predict_batch(xb, batch_size=batch, bf16=bf16)  # builds the fast copy and checks bf16
     setup = time.perf_counter() - t0
-    r = {"name": name, "params": params, "fast_how": pred.prepare_fast(bf16), "fast_setup_s": setup}
+    r = {"name": name, "params": params, "fast_setup_s": setup}
     for label, x in (("single", x1), ("batch", xb)):
         n = x.shape[0]
         best = timed_round_robin({
@@ -124,16 +123,16 @@ def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=No
     r["fast_how"] = pred.prepare_fast(bf16)  # what was in use at the end (reduced precision may be dropped)
     r["max_prob_diff"] = float(np.abs(exact - fast).max())
     r["prob_spread"] = float(np.ptp(exact[:, 0]))
-    if reduced_capability and "autocast" not in r["fast_how"]:
+    if unchecked and "autocast" not in r["fast_how"]:
         # What reduced precision would give if its check did not refuse it: a second predictor whose check
         # is marked as passed. Information only; the viewer never runs this way.
-        unchecked = Predictor(model, pred.card, device)
-        unchecked._reduced_ok = True
+        forced = Predictor(model, pred.card, device)
+        forced._reduced_ok = True
         t = timed_round_robin({"eager": lambda: eager(xb),
-                               "bf16": lambda: unchecked.fast_predict_batch(xb, batch_size=batch, bf16=True)},
+                               "bf16": lambda: forced.fast_predict_batch(xb, batch_size=batch, bf16=True)},
                               repeats)
         r["bf16_ratio"] = t["eager"] / t["bf16"]
-        r["bf16_diff"] = float(np.abs(exact - unchecked.fast_predict_batch(xb, batch_size=batch, bf16=True)).max())
+        r["bf16_diff"] = float(np.abs(exact - forced.fast_predict_batch(xb, batch_size=batch, bf16=True)).max())
     return r
 
 
