@@ -302,6 +302,7 @@ class Predictor:
         fast = copy.deepcopy(self.model).eval()
         for p in fast.parameters():
             p.requires_grad_(False)
+        fast.records_attention = False  # nobody reads the attention of perturbed copies
         folded = fold_batchnorm(fast, self.model, self.spec.input_size) if use_bf16 else 0
         fast = fast.to(dev, memory_format=torch.channels_last)
         runner, how = fast, "channels-last eager" + (f", {folded} batch norms folded in fp32" if folded else "")

@@ -37,13 +37,8 @@ def _model(name: str, **kw) -> CXRModel:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_free_cache():
-    """One intra-op thread: on a shared two-core machine, OpenMP threads spinning against other
-    processes made these forwards 5-15× slower; correctness does not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_free_cache(one_thread):
     yield
-    torch.set_num_threads(threads)
     _CACHE.clear()
 
 
@@ -275,6 +270,23 @@ def test_mobilenet_lung_se_after_stem():
     assert model.stem_se.channels == 32 and model.backbone.features[0][0].out_channels == 32
     assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 3
     assert _model("mobilenetv2").stem_se is None
+
+
+def test_a_copy_that_does_not_record_attention_computes_the_same_logits():
+    """The fast copy LIME scores perturbed films with skips the attention map, and nothing else."""
+    for name in ("mobilenet_lung", "cs_convnext", "da_covidnet", "dpn_se"):
+        model = _model(name)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            ref = model(x)
+            assert model.attention_map() is not None
+            model.records_attention = False
+            try:
+                got = model(x)
+                assert model.attention_map() is None  # a map from an earlier film is not left behind
+            finally:
+                model.records_attention = True
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 def test_channels_last_and_bf16_autocast():

@@ -5,6 +5,8 @@ the five attention networks and the plain baselines alike.
   classifier head saw (the OOD guard reuses it: no second pass).
 - ``attention_map()`` returns the spatial attention the last forward computed, (B, h, w), non-negative,
   or None for models without spatial attention. ``attention_description`` says what it means.
+- ``records_attention`` False skips computing that map (the fast copy used for LIME scores hundreds of
+  perturbed films and never shows their attention; MobileNet-Lung's 112×112 map costs ~7% of a pass).
 - ``gradcam_layer()`` names the module Grad-CAM should hook (``gradcam_layers()``: one per branch).
 - ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
   rebuild exactly the same network.
@@ -20,6 +22,7 @@ from torch import nn
 
 class CXRModel(nn.Module):
     attention_description: str = ""
+    records_attention: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +59,14 @@ class CXRModel(nn.Module):
     def attention_map(self) -> Optional[torch.Tensor]:
         return self._last_attention
 
-    def _record_attention(self, amap: Optional[torch.Tensor]) -> None:
+    def _record_attention(self, amap) -> None:
+        """Keep the map of this forward; ``amap`` may be a function computing it, so a copy with
+        ``records_attention`` False does not pay for a map nobody will read."""
+        if not self.records_attention:
+            self._last_attention = None
+            return
+        if callable(amap):
+            amap = amap()
         self._last_attention = None if amap is None else amap.detach()
 
     @property

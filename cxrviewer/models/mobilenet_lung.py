@@ -62,7 +62,8 @@ class MobileNetV2Classifier(CXRModel):
         x = feats[0](x)
         if self.stem_se is not None:
             x = self.stem_se(x)
-            self._record_attention(x.detach().float().abs().sum(dim=1))
+            stem = x
+            self._record_attention(lambda: stem.detach().float().abs().sum(dim=1))
         x = feats[1:](x)
         return torch.flatten(self.pool(x), 1)
 
