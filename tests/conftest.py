@@ -21,6 +21,19 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module. Two cores shared by several jobs: OpenMP threads spinning
+    against other processes made forwards 5-15x slower, and one thread is bit-reproducible; no
+    result depends on it."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def shared_path(*parts) -> Path:
     """A path under ../shared/data, skipping the test when the shared data is not on this machine."""
     p = SHARED_DATA.joinpath(*parts)

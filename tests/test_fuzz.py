@@ -211,9 +211,16 @@ def test_jpeg_ls_without_end_marker_is_not_given_to_charls(tmp_path, monkeypatch
     sample = REPO / "resources" / "samples" / "kermany_normal_IM-0117-0001.dcm"
     load_film(sample)
     assert calls[0] == "pyjpegls"  # an intact file still gets the fast decoder first
-    calls.clear()
     ds = pydicom.dcmread(sample)
     frame = _rle_frame_of(ds)
+    for pad in (b"\xff", b"\xff\xff\x00"):  # fill bytes after the end marker (as in the RG2 hip sample)
+        calls.clear()
+        ds.PixelData = encapsulate([frame + pad])
+        padded = tmp_path / "padded.dcm"
+        ds.save_as(padded)
+        load_film(padded)
+        assert calls == ["pyjpegls"]
+    calls.clear()
     ds.PixelData = encapsulate([frame[: len(frame) // 2]])
     cut = tmp_path / "cut.dcm"
     ds.save_as(cut)

@@ -12,9 +12,9 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
 
 from cxrviewer.gui.backend import Backend, ModelChoice  # noqa: E402
-from cxrviewer.gui.main_window import MainWindow  # noqa: E402
 from cxrviewer.gui.recent import MAX_RECENT  # noqa: E402
 from test_dicomdir import make_media  # noqa: E402
+from gui_helpers import show_window  # noqa: E402
 
 
 class NoModel(Backend):
@@ -34,12 +34,7 @@ class BundledModel(NoModel):
 
 
 def make_window(qtbot, persist=True, backend=None):
-    win = MainWindow(backend=backend or NoModel(), persist_settings=persist)
-    qtbot.addWidget(win)
-    win.resize(1000, 700)
-    win.show()
-    qtbot.waitExposed(win)
-    return win
+    return show_window(qtbot, backend or NoModel(), persist)
 
 
 def settle(qtbot, win):

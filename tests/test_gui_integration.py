@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 import inference_helpers as ih  # noqa: E402
 
 from cxrviewer import cli  # noqa: E402
-from cxrviewer.gui.main_window import MainWindow  # noqa: E402
+from gui_helpers import settle as _settle, show_window  # noqa: E402
 
 
 @pytest.fixture()
@@ -43,17 +43,9 @@ def _films(tmp_path, n):
     return out
 
 
-def _settle(qtbot, win, timeout=60000):
-    qtbot.waitUntil(win.is_settled, timeout=timeout)
-    qtbot.wait(20)
-
-
 def test_real_model_fills_panel_heatmaps_and_worklist(qtbot, tmp_path, tiny_model):
     films = _films(tmp_path, 3)
-    win = MainWindow(persist_settings=False)
-    qtbot.addWidget(win)
-    win.resize(1000, 700)
-    win.show()
+    win = show_window(qtbot)
     win.open_paths([str(tmp_path)])
     _settle(qtbot, win)
     assert win.model is not None and win.model.display_name == "Tiny demo model"
@@ -112,10 +104,7 @@ def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path, no_bundled_mo
     ih.make_checkpoint(folder / "guarded.safetensors", sharpen=5.0, name="guarded", display_name="Guarded", ood=stats)
     hand = df.write(df.make_dataset(rows=64, cols=48, BodyPartExamined="HAND", ViewPosition="PA"), tmp_path / "hand.dcm")
 
-    win = MainWindow(persist_settings=False)
-    qtbot.addWidget(win)
-    win.resize(1000, 700)
-    win.show()
+    win = show_window(qtbot)
     win.open_paths([str(hand)])
     _settle(qtbot, win)
     assert win.probs.state == "ready", win.errors
@@ -131,10 +120,7 @@ def test_outside_films_grey_the_panel_and_say_why(qtbot, tmp_path, no_bundled_mo
 def test_window_opens_the_sample_film_with_the_bundled_default_model(qtbot):
     """The README's first command: a real model, a real film, a real prediction, where it looked."""
     sample = Path(__file__).resolve().parent.parent / "resources" / "samples" / "kermany_normal_IM-0117-0001.dcm"
-    win = MainWindow(persist_settings=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
+    win = show_window(qtbot, size=(1200, 800))
     win.open_paths([str(sample)])
     _settle(qtbot, win, timeout=120000)
     assert win.model is not None and win.model.key == "mobilenet_lung-kermany3" and win.model.source == "bundled"

@@ -22,9 +22,9 @@ from PySide6.QtTest import QTest  # noqa: E402
 from cxrviewer import DISCLAIMER  # noqa: E402
 from cxrviewer.gui.backend import Backend, ModelChoice, PredictionResult  # noqa: E402
 from cxrviewer.gui.image_view import qimage_to_array  # noqa: E402
-from cxrviewer.gui.main_window import MainWindow  # noqa: E402
 
 import dicom_factory as dfac  # noqa: E402
+from gui_helpers import settle as gui_settle, show_window  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -90,19 +90,12 @@ def gradient(h=64, w=48, dtype=np.uint8, top=255):
 
 
 def make_window(qtbot, backend=None, persist=False, first_run_heatmap=False):
-    win = MainWindow(backend=backend or FakeBackend(with_model=False), persist_settings=persist)
-    if not first_run_heatmap:  # these tests start from the heatmap off; the first-run default has its own test
-        win.heatmap_if_model = None
-    qtbot.addWidget(win)
-    win.resize(1000, 700)
-    win.show()
-    qtbot.waitExposed(win)
-    return win
+    # these tests start from the heatmap off; the first-run default has its own test
+    return show_window(qtbot, backend or FakeBackend(with_model=False), persist, heatmap_on_first_run=first_run_heatmap)
 
 
 def settle(qtbot, win, timeout=10000):
-    qtbot.waitUntil(win.is_settled, timeout=timeout)
-    qtbot.wait(10)
+    gui_settle(qtbot, win, timeout, pause=10)
 
 
 def open_and_wait(qtbot, win, *paths):
@@ -469,6 +462,17 @@ def test_settings_persist_in_the_test_folder(qtbot, tmp_path, monkeypatch):
     assert "gradcam" in text and "suspicion" in text and "fake" in text and str(tmp_path) in text
     win2 = make_window(qtbot, FakeBackend(), persist=True)
     assert win2.heatmap.request.method == "gradcam" and win2.worklist.sort_key == "suspicion"
+
+
+@pytest.mark.parametrize("written, shown", [("abc", 45), ("", 45), ("nan", 45), ("250", 100), ("-3", 0), ("60.4", 60)])
+def test_a_hand_edited_opacity_setting_reads_as_a_sensible_value(qtbot, written, shown):
+    import os
+
+    ini = Path(os.environ["CXRVIEWER_SETTINGS_DIR"]) / "cxrviewer.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    ini.write_text(f"[heatmap]\nopacity={written}\n")
+    win = make_window(qtbot, FakeBackend(), persist=True)
+    assert win.heatmap.opacity.value() == shown
 
 
 def test_lime_can_be_cancelled_and_never_lands_on_another_film(qtbot, tmp_path):

@@ -19,13 +19,7 @@ OFFLINE_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 needs_shared = pytest.mark.skipif(not OFFLINE_FILE.is_file(), reason="../shared/weights absent")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared two-core machine OpenMP spinning made forwards far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(sd: dict, path: Path) -> Path:

@@ -26,6 +26,7 @@ from cxrviewer.gui.app import _single_instance_wanted, build_parser  # noqa: E40
 from cxrviewer.gui.backend import Backend  # noqa: E402
 from cxrviewer.gui.main_window import MainWindow  # noqa: E402
 from cxrviewer.gui.single_instance import InstanceServer, attach_window, send_to_running  # noqa: E402
+from gui_helpers import show_window  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,11 +62,7 @@ def instance_name(monkeypatch):
 
 @pytest.fixture
 def running(qtbot, instance_name):
-    win = MainWindow(backend=NoModel(), persist_settings=False)
-    qtbot.addWidget(win)
-    win.resize(900, 600)
-    win.show()
-    qtbot.waitExposed(win)
+    win = show_window(qtbot, NoModel(), size=(900, 600))
     server = InstanceServer(instance_name)
     assert server.listen()
     attach_window(server, win)

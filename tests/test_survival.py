@@ -25,22 +25,13 @@ import inference_helpers as ih  # noqa: E402
 
 from cxrviewer.gui import backend as backend_mod  # noqa: E402
 from cxrviewer.gui.main_window import MainWindow  # noqa: E402
+from gui_helpers import settle as _settle, show_window  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ helpers
 def _window(qtbot, persist=False) -> MainWindow:
-    win = MainWindow(persist_settings=persist)
-    win.heatmap_if_model = None  # start with the heatmap off: the faults below choose when maps are computed
-    qtbot.addWidget(win)
-    win.resize(1000, 700)
-    win.show()
-    qtbot.waitExposed(win)
-    return win
-
-
-def _settle(qtbot, win, timeout=60000):
-    qtbot.waitUntil(win.is_settled, timeout=timeout)
-    qtbot.wait(20)
+    # start with the heatmap off: the faults below choose when maps are computed
+    return show_window(qtbot, persist=persist, heatmap_on_first_run=False)
 
 
 def _open(qtbot, win, path):

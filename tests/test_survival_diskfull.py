@@ -31,14 +31,6 @@ def dataset(tmp_path_factory):
                         corrupt=False)
 
 
-@pytest.fixture()
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------------------------- disk full
 def _recipe():
     from trainer.recipes import apply_overrides, get_recipe

@@ -23,15 +23,6 @@ RECIPE = apply_overrides(get_recipe("smoke"), {"input_size": 40, "batch_size": 8
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Two cores shared by several jobs: one intra-op thread is both faster and bit-reproducible here."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("fitdata") / "data")
 

@@ -56,6 +56,10 @@ def test_training_runs_in_a_subprocess_reports_progress_installs_and_cancels(dia
     assert "step" in events and events.count("epoch") == 2 and events[-1] == "done"
     assert dialog.report_path is not None and dialog.report_path.is_file() and dialog.report_button.isEnabled()
     assert len(installed) == 1 and Path(installed[0]).is_file()
+    # the dataset holds a broken film: the trainer skips it and the dialog says so, by name
+    assert dialog.warnings and any("skipped" in w for w in dialog.warnings)
+    assert not dialog.warnings_box.isHidden() and "skipped" in dialog.warnings_box.toPlainText()
+    assert "warning" in dialog.status_label.text()
     from cxrviewer.paths import user_models_dir
 
     assert Path(installed[0]).parent == user_models_dir()
@@ -64,6 +68,7 @@ def test_training_runs_in_a_subprocess_reports_progress_installs_and_cancels(dia
     events.clear()
     dialog.epochs_spin.setValue(200)
     assert dialog.start()
+    assert dialog.warnings_box.isHidden()  # a new run starts with no warnings shown
     qtbot.waitUntil(lambda: "step" in events, timeout=90_000)
     dialog.cancel()
     qtbot.waitUntil(lambda: dialog.state == "cancelled", timeout=30_000)

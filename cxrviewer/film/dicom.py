@@ -361,14 +361,15 @@ def _decode_first_frame(path: Path, ds):
 
 
 def _jpeg_ls_complete(ds, frames: int) -> bool:
-    """Whether the first frame's JPEG-LS codestream ends with its EOI marker (after any zero padding)."""
+    """Whether the first frame's JPEG-LS codestream ends with its EOI marker, after any padding: DICOM pads
+    an odd fragment with 0x00, and some encoders (the RG2 hip sample) pad with 0xFF, a JPEG fill byte."""
     from pydicom.encaps import get_frame
 
     try:
         frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
     except Exception:  # noqa: BLE001 - the decoders will say what is wrong with the encapsulation
         return True
-    return bytes(frame[-8:]).rstrip(b"\x00").endswith(b"\xff\xd9")
+    return bytes(frame[-8:]).rstrip(b"\x00\xff").endswith(b"\xff\xd9")
 
 
 def _to_grey(path: Path, ds, raw: np.ndarray, photometric: str, notes: list) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from cxrviewer.film.types import FilmError
+from cxrviewer.film.types import FilmError, log_label
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def read_dicomdir(path) -> Dicomdir:
                 continue
             file_path = Path(inst.path)
         except Exception as exc:  # noqa: BLE001  (a record without a usable file ID)
-            log.debug("DICOMDIR %s: skipped a record (%s)", p.name, exc)
+            log.debug("DICOMDIR %s: skipped a record (%s)", log_label(p), exc)
             result.skipped += 1
             continue
         if not file_path.is_file():

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from cxrviewer.film.types import Film, FilmError
+from cxrviewer.film.types import Film, FilmError, log_label
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,11 @@ def load_film(path, max_pixels: Optional[int] = None) -> Film:
         raise FilmError(p, "unreadable file: nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - the contract: nothing but FilmError leaves load_film
         # No traceback in the log: its frames' messages could quote header values (patient names).
-        log.debug("unexpected %s opening %s", type(exc).__name__, p.name)
+        log.debug("unexpected %s opening %s", type(exc).__name__, log_label(p))
         raise FilmError(p, f"unreadable file: {_short(exc)}") from None
     log.info(
         "opened %s (%s, %d×%d) in %.0f ms",
-        p.name,
+        log_label(p),
         film.kind,
         film.pixels.shape[1],
         film.pixels.shape[0],

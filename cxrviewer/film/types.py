@@ -8,11 +8,19 @@ construction rather than by remembering to.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+
+def log_label(path) -> str:
+    """How log lines name a film. File names are the reader's own labels and often carry the patient's
+    name (a PACS export names files after the patient), while logs get pasted into bug reports; a
+    digest of the full path still tells one film's lines from another's."""
+    return "film-" + hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 class FilmError(Exception):

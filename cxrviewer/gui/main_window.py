@@ -49,7 +49,7 @@ from cxrviewer.gui.jobs import JobRunner
 from cxrviewer.gui.model_panel import ModelCardDialog, ModelSelector
 from cxrviewer.gui.overlay import colorize, normalise_map
 from cxrviewer.gui.probability_panel import ProbabilityPanel
-from cxrviewer.gui.settings import NOTICE as SETTINGS_NOTICE, make_settings
+from cxrviewer.gui.settings import NOTICE as SETTINGS_NOTICE, make_settings, read_int
 from cxrviewer.gui.tag_panel import TagPanel, header_text
 from cxrviewer.gui.worklist import Worklist
 
@@ -566,7 +566,7 @@ class MainWindow(QMainWindow):
         method = s.value("heatmap/method", "", str)
         if not method:  # first run: show where the model looked as soon as there is a model and a film
             self.heatmap_if_model = "attention"
-        opacity = s.value("heatmap/opacity", 45, int)
+        opacity = read_int(s, "heatmap/opacity", 45, 0, 100)
         cmap = s.value("heatmap/colormap", "jet", str)
         self.heatmap.blockSignals(True)
         self.heatmap.set_method(method if method in vm.HEATMAP_METHODS else "none")

@@ -35,6 +35,17 @@ def make_settings() -> QSettings:
     return _checked(lambda: QSettings(ORG, APP))
 
 
+def read_int(s: QSettings, key: str, default: int, lo: int, hi: int) -> int:
+    """An integer setting within [lo, hi]; a value a person or another version wrote that is not a number
+    gives the default (Qt's own conversion would give 0), one out of range is clamped."""
+    raw = s.value(key, default)
+    try:
+        value = int(round(float(str(raw).strip())))
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return min(hi, max(lo, value))
+
+
 def _checked(make) -> QSettings:
     s = make()
     path = s.fileName()

@@ -201,8 +201,16 @@ class TrainDialog(QDialog):
         self.status_label = QLabel("Not started.")
         self.status_label.setWordWrap(True)
         self.curves = CurveWidget()
+        # the trainer's warnings (films skipped, pretrained weights missing so training starts from random
+        # weights, a device fallback): hidden until the first one, kept for the whole run
+        self.warnings_box = QPlainTextEdit()
+        self.warnings_box.setReadOnly(True)
+        self.warnings_box.setMaximumHeight(90)
+        self.warnings_box.setVisible(False)
+        self.warnings: list = []
         lay.addWidget(self.progress_bar)
         lay.addWidget(self.status_label)
+        lay.addWidget(self.warnings_box)
         lay.addWidget(self.curves, 1)
 
         buttons = QDialogButtonBox()
@@ -299,6 +307,9 @@ class TrainDialog(QDialog):
             return False
         self.curves.clear()
         self.curves.epochs = self.epochs_spin.value()
+        self.warnings = []
+        self.warnings_box.clear()
+        self.warnings_box.setVisible(False)
         self.progress_bar.setValue(0)
         self.report_path = None
         self._stdout_buf = b""
@@ -386,7 +397,15 @@ class TrainDialog(QDialog):
             self._checkpoint = ev.get("checkpoint")
         elif kind == "error":
             self.status_label.setText(ev.get("message", "training failed"))
+        elif kind == "warning":
+            self.warnings.append(str(ev.get("message", "")))
+            self.warnings_box.appendPlainText("⚠ " + self.warnings[-1])
+            self.warnings_box.setVisible(True)
         self.event_received.emit(ev)
+
+    def _with_warnings(self, text: str) -> str:
+        n = len(self.warnings)
+        return text + (f" {n} warning{'s' if n > 1 else ''}, listed below." if n else "")
 
     def _finished(self, code: int, status):
         self._kill_timer.stop()
@@ -404,7 +423,7 @@ class TrainDialog(QDialog):
             self.state = "failed"
             err = (self.last_event or {}).get("message") if (self.last_event or {}).get("event") == "error" else None
             tail = "\n".join(self._stderr_tail[-3:])
-            self.status_label.setText(f"Training failed (exit {code}): {err or tail or 'no message'}")
+            self.status_label.setText(self._with_warnings(f"Training failed (exit {code}): {err or tail or 'no message'}"))
         self._update_buttons()
 
     def _process_error(self, err):
@@ -428,7 +447,7 @@ class TrainDialog(QDialog):
                 msg += f" Model: {ckpt}"
             except Exception as e:  # a refusal from the store must not hide a finished run
                 msg += f" It could not be installed: {e}"
-        self.status_label.setText(msg)
+        self.status_label.setText(self._with_warnings(msg))
         if self.run_dir is not None:
             self.run_finished.emit(str(self.run_dir))
         if self.open_report_on_finish:
