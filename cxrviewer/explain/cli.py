@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--side-by-side", action="store_true", help="write film | film + map instead of the overlay alone")
     p.add_argument("--device", metavar="DEV", default=None, help="auto, cpu, cuda, cuda:N or mps")
     g = p.add_argument_group("LIME")
-    g.add_argument("--samples", type=int, default=d.num_samples, help=f"perturbed samples (default {d.num_samples})")
+    g.add_argument("--samples", type=int, default=d.num_samples,
+                   help=f"most perturbed samples (default {d.num_samples}); sampling stops earlier once the "
+                        f"strongest superpixels stop changing, unless --all-samples")
+    g.add_argument("--all-samples", action="store_true", help="always draw --samples samples")
     g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation)
     g.add_argument("--segments", type=int, default=d.n_segments, help=f"SLIC superpixels (default {d.n_segments})")
     g.add_argument("--features", type=int, default=d.num_features, help="superpixels to outline")
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
 
     try:
         settings = LimeSettings(segmentation=args.segmentation, n_segments=args.segments, num_samples=args.samples,
-                                num_features=args.features, random_seed=args.seed)
+                                num_features=args.features, random_seed=args.seed,
+                                **({"settle_from": 0} if args.all_samples else {}))
         overlay_settings = OverlaySettings(colormap=args.colormap, opacity=args.opacity, threshold=args.threshold,
                                            outline_top=args.features)
     except ValueError as e:
@@ -123,8 +127,10 @@ def main(argv=None) -> int:
         return 1
     took = time.perf_counter() - t0
     extra = f" and {args.report}" if args.report else ""
+    used = (result.settings or {}).get("samples_used")
+    how = f" ({used} samples)" if args.method == "lime" and used else ""
     print(f"{args.method} for {result.class_name} (p = {prediction.probs[result.class_index]:.3f}) with "
-          f"{predictor.display_name} in {took:.1f} s -> {out}{extra}")
+          f"{predictor.display_name} in {took:.1f} s{how} -> {out}{extra}")
     return 0
 
 

@@ -12,7 +12,8 @@ Where the time goes in lime's defaults, and what is changed (bench/bench_explain
   milliseconds) reaches a more stable top-5 with 300 samples than quickshift does with 1000 (see
   :class:`LimeSettings`). The segmentation is computed once and handed to lime through
   ``segmentation_fn``; quickshift and felzenszwalb remain selectable.
-- Paired (antithetic) perturbations, see :class:`LimeSettings`.
+- Paired (antithetic) perturbations, and sampling stops once the top superpixels have settled, see
+  :class:`LimeSettings`.
 - lime builds every perturbed image in a Python loop (a deepcopy and one full-image comparison per hidden
   superpixel per sample). :class:`_BatchedLimeImageExplainer` overrides only ``data_labels`` to build a
   whole batch with one gather (same random draws, so the same explanation for the same seed), in one
@@ -54,6 +55,16 @@ class LimeSettings:
     same, lime's kernel and ridge regression are unchanged, but the pair cancels the even-order
     interactions that otherwise leak into each weight, so the ranking settles with fewer samples.
 
+    ``settle_from`` / ``settle_every``: from ``settle_from`` samples on, lime's regression is refitted
+    every ``settle_every`` samples (a ridge fit on a few hundred rows: milliseconds), and sampling stops
+    as soon as two successive fits name the same ``num_features`` strongest supporting superpixels;
+    ``num_samples`` is then only the most it will draw. Measured on ten films with the bundled model
+    (Jaccard@5 against a 3000-sample gold on the same segmentation): this rule stopped after 211 samples
+    on average (192 on eight films, 240 and 336 on the two whose ranking kept moving) at Jaccard 0.93;
+    a fixed 200 gave 0.90, a fixed 300 1.00, and lime's default (quickshift, 1000) ~0.88. Requiring two
+    agreeing comparisons instead of one gave 0.97 at 269 samples. ``settle_from=0`` always draws
+    ``num_samples``.
+
     ``num_features`` is how many of the strongest superpixels are outlined and reported; lime itself is
     always asked for every superpixel's weight so the map shows the whole picture.
     """
@@ -67,18 +78,22 @@ class LimeSettings:
     fz_scale: float = 200.0  # felzenszwalb: larger = fewer, bigger superpixels
     fz_sigma: float = 0.8
     fz_min_size: int = 150
-    num_samples: int = 300
+    num_samples: int = 400  # the most drawn; see settle_from
     num_features: int = 5
     batch_size: int = 16  # per forward pass; see the module doc for why not larger
     random_seed: int = 0
     coarse_samples: int = 75  # >0: report an early estimate after this many samples (through on_coarse)
     paired: bool = True  # antithetic sampling: each perturbation followed by its complement
+    settle_from: int = 144  # 0: always draw num_samples
+    settle_every: int = 48
 
     def __post_init__(self):
         if self.segmentation not in SEGMENTATIONS:
             raise ValueError(f"unknown segmentation {self.segmentation!r}; choose from {', '.join(SEGMENTATIONS)}")
         if self.num_samples < 2:
             raise ValueError("LIME needs at least 2 samples")
+        if self.settle_from < 0 or self.settle_every < 1:
+            raise ValueError("settle_from must be >= 0 and settle_every >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,12 +135,17 @@ def _lime_explainer_class():
 
         Same random draws as lime's ``data_labels`` (one ``randint`` call on the explainer's random state,
         first row all ones), so a given seed gives the same neighbourhood; only the image assembly is
-        vectorised. ``partial`` (if set) is called once with the first ``partial_at`` rows for a coarse map.
+        vectorised. ``partial`` (if set) is called once with the first ``partial_at`` rows for a coarse map;
+        ``settled`` (if set) is asked with the rows so far, from ``settle_from`` rows on and then every
+        ``settle_every``, and sampling stops when it says True (lime then fits on the rows drawn).
         """
 
         partial: Optional[Callable] = None
         partial_at: int = 0
         paired: bool = False
+        settled: Optional[Callable] = None
+        settle_from: int = 0
+        settle_every: int = 1
 
         def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
             n_features = np.unique(segments).shape[0]
@@ -135,6 +155,7 @@ def _lime_explainer_class():
                 data[1::2] = 1 - data[0:-1:2][: len(data[1::2])]
             labels = []
             done = 0
+            next_check = self.settle_from
             for start in range(0, num_samples, batch_size):
                 rows = data[start : start + batch_size].astype(bool)
                 keep = rows[:, segments]  # (B, S, S): superpixel on/off per pixel, one gather
@@ -146,6 +167,10 @@ def _lime_explainer_class():
                 if self.partial is not None and self.partial_at and done >= self.partial_at and done < num_samples:
                     self.partial(data[:done], np.concatenate(labels))
                     self.partial = None
+                if self.settled is not None and next_check and done >= next_check and done < num_samples:
+                    next_check = done + self.settle_every
+                    if self.settled(data[:done], np.concatenate(labels)):
+                        return data[:done], np.concatenate(labels)
             return data, np.concatenate(labels)
 
     return _BatchedLimeImageExplainer
@@ -253,19 +278,37 @@ def explain_lime(
             coarse=coarse,
         )
 
-    if on_coarse is not None and 0 < settings.coarse_samples < settings.num_samples:
+    def fit(data, labels):
+        """lime's own weighting and regression on the rows so far (what explain_instance does at the end)."""
         import sklearn.metrics
 
+        distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
+        _, exp, score, _ = explainer.base.explain_instance_with_data(
+            data, labels, distances, class_index, 100000, feature_selection=explainer.feature_selection)
+        return exp, score
+
+    if on_coarse is not None and 0 < settings.coarse_samples < settings.num_samples:
         def partial(data, labels):
-            distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-            _, exp, score, _ = explainer.base.explain_instance_with_data(
-                data, labels, distances, class_index, 100000, feature_selection=explainer.feature_selection)
+            exp, score = fit(data, labels)
             result = build(exp, labels[0], coarse=True)
             result.score = float(score)
             on_coarse(result)
 
         explainer.partial = partial
         explainer.partial_at = settings.coarse_samples
+
+    if settings.settle_from:
+        previous = [None]
+
+        def settled(data, labels) -> bool:
+            exp, _ = fit(data, labels)
+            top = frozenset(i for i, w in sorted(exp, key=lambda iw: -iw[1])[: settings.num_features])
+            same = top == previous[0]
+            previous[0] = top
+            return same
+
+        explainer.settled = settled
+        explainer.settle_from, explainer.settle_every = settings.settle_from, settings.settle_every
 
     lime_exp = explainer.explain_instance(
         image,
@@ -282,6 +325,7 @@ def explain_lime(
     check_cancel()
     result = build(lime_exp.local_exp[class_index], first_probs[0], coarse=False)
     result.score = float(lime_exp.score)
+    result.settings["samples_used"] = int(done[0])
     pred0 = getattr(lime_exp, "local_pred", None)
     result.settings["local_pred"] = float(np.ravel(pred0)[0]) if pred0 is not None else None
     return result
