@@ -4,6 +4,8 @@
     python bench/bench_explain.py --quick               # mobilenet_lung, two films, 2000-sample gold
     python bench/bench_explain.py --models mobilenet_lung,dpn_se --films 4
     python bench/bench_explain.py --quick --tune        # sweep superpixel count x sample count
+    python bench/bench_explain.py --checkpoints resources/models/mobilenet_lung-kermany3.safetensors \
+        --settle-study --films 10 --gold 3000           # when to stop sampling (LimeSettings.settle_*)
 
 **Reference** (issue 4): ``lime_image.LimeImageExplainer().explain_instance(image, predict,
 num_samples=1000)`` with lime's defaults (quickshift kernel 4 / max_dist 200 / ratio 0.2, batch 10,
@@ -265,6 +267,48 @@ def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
                 jaccard(top(fit_weights(ex, data, labels, cls, n)), top(gold_qs)))
 
 
+def settle_study(name, films, args) -> None:
+    """Stopping rules for LIME's sampling against fixed sample counts: Jaccard@5 against the gold and the
+    samples each rule draws, on our segmentation with paired samples (the fits are lime's, on the first
+    N rows of one run of ``num_samples`` rows, which is exactly an N-sample run; exact fp32 predictions)."""
+    pred = build_predictor(name, [render(load_film(f)) for f in pick_films(12)[-8:]])
+    spec, settings = pred.spec, LimeSettings()
+    exact = exact_batched(pred, spec)
+    most = settings.num_samples
+    checks = list(range(settings.settle_from, most + 1, settings.settle_every))
+    rows = {}
+
+    def first_agreement(tops, same, needed=1) -> int:
+        streak = 0
+        for a, b in zip(checks, checks[1:]):
+            streak = streak + 1 if same(tops[a], tops[b]) else 0
+            if streak >= needed:
+                return b
+        return most  # never settled: every sample is drawn
+
+    for path in films:
+        gray = render(load_film(path))
+        square, _ = fit_to_square(gray, spec.input_size, spec.resize)
+        image = np.repeat(square[:, :, None], 3, axis=2)
+        cls = int(pred.predict_gray(gray).top_index)
+        seg = segment(image, settings)
+        ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
+        gold = top(fit_weights(ex, data, labels, cls))
+        ex, data, labels = lime_data(exact, image, seg, most, 0, paired=True)
+        tops = {n: top(fit_weights(ex, data, labels, cls, n)) for n in set(checks) | {200, 300, most}}
+        stops = {"fixed 200": 200, "fixed 300": 300, f"fixed {most}": most,
+                 "settled: 1 agreeing refit (default)": first_agreement(tops, lambda a, b: a == b),
+                 "settled: 2 agreeing refits": first_agreement(tops, lambda a, b: a == b, 2)}
+        for rule, n in stops.items():
+            rows.setdefault(rule, []).append((jaccard(tops[n], gold), n))
+        print(f"  {path.parent.name}/{path.name}: " + "; ".join(f"{r} J {jaccard(tops[n], gold):.2f} at {n}"
+                                                          for r, n in stops.items()), flush=True)
+    print(f"\n{name}: {len(films)} films, Jaccard@5 against a {args.gold}-sample gold")
+    print("| rule | mean Jaccard@5 | mean samples |\n|---|---:|---:|")
+    for rule, v in rows.items():
+        print(f"| {rule} | {np.mean([j for j, _ in v]):.2f} | {np.mean([n for _, n in v]):.0f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=None, help="comma-separated registry names or checkpoint paths")
@@ -274,6 +318,7 @@ def main(argv=None) -> int:
     p.add_argument("--ref-films", type=int, default=None, help="films the 1000-sample reference is timed on (default 2; quick 1)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="also sweep superpixel and sample counts")
+    p.add_argument("--settle-study", action="store_true", help="only compare rules for when to stop sampling")
     p.add_argument("--samples", type=int, default=None, help="override our num_samples")
     p.add_argument("--segments", type=int, default=None, help="override our SLIC n_segments")
     p.add_argument("--tune-segments", default="20,30,50", help="SLIC n_segments values --tune sweeps")
@@ -289,6 +334,10 @@ def main(argv=None) -> int:
     overrides = {k: v for k, v in (("num_samples", args.samples), ("n_segments", args.segments)) if v}
     settings = LimeSettings(**overrides)
     films = pick_films(args.films)
+    if args.settle_study:
+        for name in names:
+            settle_study(name.strip(), films, args)
+        return 0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; settings: {settings}", flush=True)
     rows = []
     for name in names:
