@@ -48,7 +48,9 @@ class LimeSettings:
     1000 samples) 0.46. SLIC n_segments=50 (~43 superpixels): 0.34 at 150 samples, 0.46 at 300.
     n_segments=30 (~21): 0.34 at 150, 0.43 at 200, 0.55 at 300 paired. n_segments=20 (~12): 0.55-0.67
     from 60 samples, but 12 superpixels is too coarse to be useful on a chest film, and top-5 of 12
-    agrees by chance ~0.3 of the time. Hence ~21 compact superpixels and 300 paired samples.
+    agrees by chance ~0.3 of the time. Hence ~21 compact superpixels, paired samples, and (since the
+    trained bundled model's rankings settle sooner than that untrained one's) a stopping rule rather
+    than a fixed count, see ``settle_from``.
 
     ``paired``: lime draws each superpixel on/off with probability 1/2, independently per sample. Paired
     (antithetic) sampling follows every draw with its complement: the marginal distribution is the
