@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
-from cxrviewer.explain.lime_explainer import LimeSettings, _lime_explainer_class, explain_lime, segment  # noqa: E402
+from cxrviewer.explain.lime_explainer import (LimeSettings, _lime_explainer_class, explain_lime, lime_fit,  # noqa: E402
+                                              segment)
 from cxrviewer.explain.types import NoAttention  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
 from cxrviewer.film.display import render  # noqa: E402
@@ -148,13 +149,8 @@ def lime_data(predict, image, segments, n, seed, batch=16, paired=False):
 
 def fit_weights(explainer, data, labels, label, n_rows=None):
     """lime's regression on the first ``n_rows`` samples -> weight per superpixel."""
-    import sklearn.metrics
-
     d = data[:n_rows] if n_rows else data
-    y = labels[: len(d)]
-    dist = sklearn.metrics.pairwise_distances(d, d[0].reshape(1, -1), metric="cosine").ravel()
-    _, exp, _, _ = explainer.base.explain_instance_with_data(d, y, dist, label, 100000,
-                                                             feature_selection=explainer.feature_selection)
+    exp, _ = lime_fit(explainer, d, labels[: len(d)], label)
     w = np.zeros(data.shape[1])
     for i, v in exp:
         w[i] = v

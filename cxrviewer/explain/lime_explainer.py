@@ -178,6 +178,18 @@ def _lime_explainer_class():
     return _BatchedLimeImageExplainer
 
 
+def lime_fit(explainer, data: np.ndarray, labels: np.ndarray, label: int) -> tuple:
+    """lime's own weighting and regression (cosine distance to the unperturbed row, its kernel, ridge) on
+    the rows so far, as ``explain_instance`` does at the end; -> ([(superpixel, weight)...], R²). For the
+    early map and the stopping rule here, and the benchmark's fits on the first N rows of a run."""
+    import sklearn.metrics
+
+    distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
+    _, exp, score, _ = explainer.base.explain_instance_with_data(
+        data, labels, distances, label, 100000, feature_selection=explainer.feature_selection)
+    return exp, score
+
+
 def _input_of(film_or_gray, spec: PreprocessSpec) -> tuple:
     """(uint8 (S, S) model input, Geometry, film key) from a Film or a rendered 2-D grey image."""
     if hasattr(film_or_gray, "pixels"):
@@ -281,13 +293,7 @@ def explain_lime(
         )
 
     def fit(data, labels):
-        """lime's own weighting and regression on the rows so far (what explain_instance does at the end)."""
-        import sklearn.metrics
-
-        distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-        _, exp, score, _ = explainer.base.explain_instance_with_data(
-            data, labels, distances, class_index, 100000, feature_selection=explainer.feature_selection)
-        return exp, score
+        return lime_fit(explainer, data, labels, class_index)
 
     if on_coarse is not None and 0 < settings.coarse_samples < settings.num_samples:
         def partial(data, labels):
