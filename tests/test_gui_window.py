@@ -531,3 +531,31 @@ def test_large_film_drag_renders_a_preview_then_full_resolution(qtbot):
     mouse(view, QEvent.MouseButtonRelease, c + QPoint(40, 10), Qt.RightButton, Qt.NoButton)
     assert view.image.width() == 2000 and view.gray.shape == (2400, 2000)
     assert dt < 0.25, dt
+
+
+def test_worklist_keeps_the_film_name_readable_beside_a_long_reading(qtbot):
+    """A long class name used to take the whole width and leave the film name as "k…g": the reading now
+    gets at most half of the list, the film name the rest, and the full reading is in the cell's tooltip."""
+    from cxrviewer.gui.worklist import Worklist
+
+    wl = Worklist()
+    qtbot.addWidget(wl)
+    wl.resize(230, 400)
+    wl.show()
+    qtbot.waitExposed(wl)
+    name = "kermany-bacterial-0042.png"
+    wl.set_films([f"/films/{name}", "/films/b.png"], title="Folder")
+    wl.set_prediction(f"/films/{name}", ["Normal", "Pneumonia-Bacterial", "Pneumonia-Viral"], [0.01, 0.59, 0.40],
+                      "Pneumonia-Bacterial")
+    qtbot.wait(20)
+    view = wl.list
+    width = view.viewport().width()
+    assert view.columnWidth(0) >= 0.45 * width
+    shown = view.fontMetrics().elidedText(name, Qt.ElideMiddle, view.columnWidth(0) - 12)
+    assert len(shown.replace("…", "")) >= 10, shown
+    item = next(view.item(i) for i in range(view.count()) if view.item(i).text(0) == name)
+    assert item.text(1) == "Pneumonia-Bacterial 59%" and item.toolTip(1) == "Pneumonia-Bacterial 59%"
+    # a wide list shows the whole reading
+    wl.resize(700, 400)
+    qtbot.wait(20)
+    assert view.columnWidth(1) >= view.fontMetrics().horizontalAdvance("Pneumonia-Bacterial 59%")

@@ -430,7 +430,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.RightDockWidgetArea, self.tags_dock)
         self.tabifyDockWidget(self.reading_dock, self.tags_dock)
         self.reading_dock.raise_()
-        self.resizeDocks([self.worklist_dock, self.reading_dock], [230, 330], Qt.Horizontal)
+        self.resizeDocks([self.worklist_dock, self.reading_dock], [260, 330], Qt.Horizontal)
 
     def _build_status(self) -> None:
         sb = self.statusBar()

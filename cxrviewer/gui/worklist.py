@@ -45,8 +45,21 @@ class _List(QTreeWidget):
         hh = self.header()
         hh.setStretchLastSection(False)
         hh.setSectionResizeMode(0, QHeaderView.Stretch)
-        hh.setSectionResizeMode(1, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(1, QHeaderView.Fixed)  # sized by fit_columns, so the film name keeps its share
         hh.setSectionsClickable(True)
+
+    # the reading may take at most this share of the width: a long class name ("Pneumonia-Bacterial 59%")
+    # must not squeeze the film name down to "k…g"; the full reading is in the cell's tooltip
+    READING_SHARE = 0.5
+
+    def fit_columns(self) -> None:
+        width = self.viewport().width()
+        wanted = max(self.sizeHintForColumn(1), self.header().sectionSizeHint(1))
+        self.header().resizeSection(1, int(min(wanted, width * self.READING_SHARE)))
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit_columns()
 
     def count(self) -> int:
         return self.topLevelItemCount()
@@ -189,6 +202,7 @@ class Worklist(QWidget):
                 item.setTextAlignment(1, Qt.AlignRight | Qt.AlignVCenter)
                 self._style(item, row)
                 self.list.addTopLevelItem(item)
+            self.list.fit_columns()
             if keep is not None:
                 self.select_path(keep, emit=False)
         finally:
@@ -200,12 +214,13 @@ class Worklist(QWidget):
             if item.data(0, PATH_ROLE) == row.path:
                 item.setText(1, row.reading())
                 self._style(item, row)
+                self.list.fit_columns()
                 return
 
     @staticmethod
     def _style(item: QTreeWidgetItem, row: vm.WorklistRow) -> None:
-        for col in (0, 1):
-            item.setToolTip(col, row.error or row.path)
+        item.setToolTip(0, row.error or row.path)
+        item.setToolTip(1, row.error or row.reading())
         if row.error:
             item.setForeground(1, QBrush(QColor(230, 120, 90)))
         elif row.ood_verdict == "outside":
