@@ -61,7 +61,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                    help="auto (the recipe's choice: the offline ImageNet weights for MobileNetV2 models, the hub "
                         "otherwise, random with a warning when offline), none, hub, imagenet-offline, or a weights file")
     p.add_argument("--workers", type=int, default=0, help="threads that decode films at start (default: up to 4)")
-    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA too")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: fp16 autocast on CUDA, bf16 on a CPU with native bf16)")
     p.add_argument("--no-deterministic", action="store_true", help="allow nondeterministic (faster) GPU kernels")
 
 

@@ -2,8 +2,11 @@
 
 Choices and why:
 
-- CUDA with fp16 autocast and a gradient scaler when a GPU is there, else fp32 on the CPU; channels-last
-  memory either way (faster convolutions on both oneDNN and cuDNN for these networks).
+- Mixed precision where the hardware computes it natively (:func:`autocast_dtype`): fp16 autocast with a
+  gradient scaler on CUDA; bf16 autocast on a CPU with AVX512-BF16/AMX (2-3x faster steps for these
+  networks, and bf16's fp32 exponent range needs no scaler); fp32 elsewhere, since emulated bf16 is
+  slower than fp32. ``amp=False`` (``--no-amp``) trains in fp32 everywhere. The precision is recorded in
+  the card. Channels-last memory either way (faster convolutions on both oneDNN and cuDNN).
 - Determinism by construction rather than by saving generator states: the film order of epoch ``e`` comes
   from a generator seeded with (seed, e), each film's augmentation from (seed, e, film index), and the
   global RNG (dropout) is reseeded with (seed, e, rank) at the start of every epoch. The state after a
@@ -317,6 +320,24 @@ def class_weights(labels: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def autocast_dtype(amp: bool, device) -> Optional[torch.dtype]:
+    """The autocast dtype for training on ``device``, or None for fp32 (see the module docstring)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu":
+        from cxrviewer.device import cpu_supports_bf16
+
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    return None
+
+
+def _precision(opts, device) -> str:
+    dtype = autocast_dtype(opts.amp, device)
+    return {torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}.get(dtype, "fp32")
+
+
 def _hardware(device) -> str:
     try:
         from cxrviewer.device import describe_device
@@ -453,7 +474,8 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, r)
     scheduler = make_scheduler(optimizer, r)
-    use_amp = bool(opts.amp and device.type == "cuda")
+    amp_dtype = autocast_dtype(opts.amp, device)
+    use_amp = amp_dtype == torch.float16  # the gradient scaler: fp16 only
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = class_weights(fs.labels[train_ids], k).to(device) if r.balance == "weighted_loss" else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=r.label_smoothing)
@@ -496,8 +518,8 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
     steps = len(batch_slices(len(shard(np.arange(n_train), dist)), per_rank_batch))
     progress.emit("start", run_dir=str(run_dir), arch=opts.arch, recipe=r.name, epochs=r.epochs, classes=classes,
                   counts=split_json["counts"], device=str(device), world_size=dist.world, steps_per_epoch=steps,
-                  start_epoch=info["epoch"] + 1, skipped=len(fs.skipped))
-    progress.say(f"{opts.arch} on {device}: {n_train} train / {len(val_ids)} val / {len(test_ids)} test films, "
+                  start_epoch=info["epoch"] + 1, skipped=len(fs.skipped), precision=_precision(opts, device))
+    progress.say(f"{opts.arch} on {device} ({_precision(opts, device)}): {n_train} train / {len(val_ids)} val / {len(test_ids)} test films, "
                  f"{k} classes, recipe {r.name}, {r.epochs} epochs" + (f", {dist.world} processes" if dist.active else "")
                  + f"\nrun folder: {run_dir}")
     last_ckpt = run_dir / "last.safetensors"
@@ -525,7 +547,8 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
                     for step, (x, y) in enumerate(stream, start=1):
                         x = x.to(device, non_blocking=True)
                         y = y.to(device, non_blocking=True)
-                        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                                            enabled=amp_dtype is not None):
                             logits = net(x)
                         logits = logits.float()
                         loss = criterion(logits, y)  # "nll" = log-softmax + NLL: the same function
@@ -632,6 +655,7 @@ def _card_training(opts: FitOptions, info: dict, fingerprint: str, metrics: Opti
         "command": opts.command,
         "metrics": metrics or {},
         "hardware": _hardware(device),
+        "precision": _precision(opts, device),
     }
 
 
