@@ -88,7 +88,7 @@ def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=No
     torch.manual_seed(0)
     if name.endswith(".safetensors"):  # a trained checkpoint, scored on real films
         pred = Predictor.from_checkpoint(name, device)
-        model, name = pred.model, Path(name).stem
+        model, name = pred.model, pred.model_name  # the card's name: run folders all hold best.safetensors
         x1, xb = film_inputs(pred, 1), film_inputs(pred, batch, offset=1)
     else:
         with warnings.catch_warnings():

@@ -285,6 +285,8 @@ def test_a_copy_that_does_not_record_attention_computes_the_same_logits():
             try:
                 got = model(x)
                 assert model.attention_map() is None  # a map from an earlier film is not left behind
+                # nor does any self-attention block spend a reduction over its affinity on one
+                assert all(m.last_received is None for m in model.modules() if hasattr(m, "records"))
             finally:
                 model.records_attention = True
         torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -5,8 +5,10 @@ the five attention networks and the plain baselines alike.
   classifier head saw (the OOD guard reuses it: no second pass).
 - ``attention_map()`` returns the spatial attention the last forward computed, (B, h, w), non-negative,
   or None for models without spatial attention. ``attention_description`` says what it means.
-- ``records_attention`` False skips computing that map (the fast copy used for LIME scores hundreds of
-  perturbed films and never shows their attention; MobileNet-Lung's 112×112 map costs ~7% of a pass).
+- ``records_attention`` False skips computing that map, in the model and in its self-attention blocks
+  (the fast copy used for LIME scores hundreds of perturbed films and never shows their attention;
+  MobileNet-Lung's 112×112 map costs ~7% of a pass, the CS blocks' received attention a reduction over
+  every affinity matrix).
 - ``gradcam_layer()`` names the module Grad-CAM should hook (``gradcam_layers()``: one per branch).
 - ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
   rebuild exactly the same network.
@@ -22,7 +24,17 @@ from torch import nn
 
 class CXRModel(nn.Module):
     attention_description: str = ""
-    records_attention: bool = True
+
+    @property
+    def records_attention(self) -> bool:
+        return self.__dict__.get("_records_attention", True)
+
+    @records_attention.setter
+    def records_attention(self, on: bool) -> None:
+        self.__dict__["_records_attention"] = bool(on)
+        for m in self.modules():
+            if hasattr(m, "records") and m is not self:  # blocks that keep their own map (PositionSelfAttention)
+                m.records = bool(on)
 
     def __init__(self) -> None:
         super().__init__()

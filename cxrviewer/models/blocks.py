@@ -13,7 +13,9 @@
 
 All blocks are shape-agnostic in batch and spatial size, use ``reshape`` (channels_last safe), and
 compute their softmaxes in float32 (bf16 autocast would otherwise saturate the channel affinities, whose
-logits are sums over thousands of positions).
+logits are sums over thousands of positions). The position softmax takes bf16 energies as they are: the
+kernel exponentiates and sums in fp32 anyway, and the explicit conversion of a large affinity matrix
+cost more than the softmax.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class PositionSelfAttention(nn.Module):
         self.h = nn.Conv2d(in_channels, v_channels, 1)  # value
         self.o = nn.Conv2d(v_channels, out_channels, 1) if out_channels is not None else None
         self.kv_pool = int(kv_pool)
+        self.records = True  # False (set through CXRModel.records_attention): skip last_received
         self.last_received: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,9 +122,11 @@ class PositionSelfAttention(nn.Module):
         k = k.flatten(2)  # (B, c', M)
         v = v.flatten(2)  # (B, cv, M)
         energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, M)
-        attn = energy.float().softmax(dim=-1)
+        # bf16 energies: the CPU kernel already exponentiates and sums in fp32; converting a 16×3136×784
+        # affinity to fp32 and back (the first CS block) cost more than the softmax itself
+        attn = energy.softmax(dim=-1) if energy.dtype == torch.bfloat16 else energy.float().softmax(dim=-1)
         m = attn.shape[-1]
-        self.last_received = (attn.mean(dim=1) * m).reshape(b, hk, wk).detach()
+        self.last_received = (attn.float().mean(dim=1) * m).reshape(b, hk, wk).detach() if self.records else None
         out = torch.bmm(v, attn.to(v.dtype).transpose(1, 2))  # (B, cv, N)
         out = out.reshape(b, -1, hgt, wid)
         if self.o is not None:
