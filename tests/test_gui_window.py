@@ -535,7 +535,10 @@ def test_large_film_drag_renders_a_preview_then_full_resolution(qtbot):
 
 def test_worklist_keeps_the_film_name_readable_beside_a_long_reading(qtbot):
     """A long class name used to take the whole width and leave the film name as "k…g": the reading now
-    gets at most half of the list, the film name the rest, and the full reading is in the cell's tooltip."""
+    gets at most half of the list, the film name the rest, and the full reading is in the cell's tooltip.
+    A cut reading keeps its number and the start of the class."""
+    from PySide6.QtWidgets import QStyleOptionViewItem
+
     from cxrviewer.gui.worklist import Worklist
 
     wl = Worklist()
@@ -554,8 +557,12 @@ def test_worklist_keeps_the_film_name_readable_beside_a_long_reading(qtbot):
     shown = view.fontMetrics().elidedText(name, Qt.ElideMiddle, view.columnWidth(0) - 12)
     assert len(shown.replace("…", "")) >= 10, shown
     item = next(view.item(i) for i in range(view.count()) if view.item(i).text(0) == name)
-    assert item.text(1) == "Pneumonia-Bacterial 59%" and item.toolTip(1) == "Pneumonia-Bacterial 59%"
+    assert item.text(1) == "59% Pneumonia-Bacterial" and item.toolTip(1) == "59% Pneumonia-Bacterial"
+    # the reading is cut at its end, so the number and the start of the class stay (Bacterial vs Viral)
+    option = QStyleOptionViewItem()
+    view.itemDelegateForColumn(1).initStyleOption(option, view.indexFromItem(item, 1))
+    assert option.textElideMode == Qt.ElideRight
     # a wide list shows the whole reading
     wl.resize(700, 400)
     qtbot.wait(20)
-    assert view.columnWidth(1) >= view.fontMetrics().horizontalAdvance("Pneumonia-Bacterial 59%")
+    assert view.columnWidth(1) >= view.fontMetrics().horizontalAdvance("59% Pneumonia-Bacterial")

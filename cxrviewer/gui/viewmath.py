@@ -225,8 +225,8 @@ class WorklistRow:
             return "unreadable"
         if self.ood_verdict == "outside":
             return "outside training data"
-        if self.top_class:
-            return f"{self.top_class} {self.top_prob * 100:.0f}%"
+        if self.top_class:  # the number first: a narrow column cuts the end, and "Pneumonia-B…" still reads
+            return f"{self.top_prob * 100:.0f}% {self.top_class}"
         return ""
 
     def label(self) -> str:

@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QStyledItemDelegate,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
@@ -27,6 +28,15 @@ from PySide6.QtWidgets import (
 from cxrviewer.gui import viewmath as vm
 
 PATH_ROLE = Qt.UserRole + 1
+
+
+class _ElideRight(QStyledItemDelegate):
+    """The reading column is cut at its end ("83% Pneumonia-Bac…"): middle elision, right for file names
+    ("perso…5.png"), would leave "Pneum…l" for both Bacterial and Viral."""
+
+    def initStyleOption(self, option, index) -> None:
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.ElideRight
 
 
 class _List(QTreeWidget):
@@ -47,6 +57,8 @@ class _List(QTreeWidget):
         hh.setSectionResizeMode(0, QHeaderView.Stretch)
         hh.setSectionResizeMode(1, QHeaderView.Fixed)  # sized by fit_columns, so the film name keeps its share
         hh.setSectionsClickable(True)
+        self._reading_delegate = _ElideRight(self)
+        self.setItemDelegateForColumn(1, self._reading_delegate)
 
     # the reading may take at most this share of the width: a long class name ("Pneumonia-Bacterial 59%")
     # must not squeeze the film name down to "k…g"; the full reading is in the cell's tooltip
@@ -199,7 +211,6 @@ class Worklist(QWidget):
             for row in vm.sort_rows(list(self.rows.values()), self.sort_key):
                 item = QTreeWidgetItem([row.name, row.reading()])
                 item.setData(0, PATH_ROLE, row.path)
-                item.setTextAlignment(1, Qt.AlignRight | Qt.AlignVCenter)
                 self._style(item, row)
                 self.list.addTopLevelItem(item)
             self.list.fit_columns()
