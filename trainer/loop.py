@@ -676,17 +676,17 @@ def _save_epoch(run_dir, model, optimizer, scheduler, scaler, info, classes, opt
     save_state(run_dir, model.state_dict(), optimizer, scheduler, scaler, info)
 
 
-def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress) -> Optional[dict]:
+def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_features) -> Optional[dict]:
     """Issue 9's hook: ``cxrviewer.ood.fit_ood_stats(train_features=, train_labels=, val_features=,
-    val_labels=, classes=) -> dict`` (JSON), given the pooled features of the un-augmented films."""
+    val_labels=, classes=) -> dict`` (JSON), given the pooled features of the un-augmented films.
+    ``val_features``: computed with the calibration logits, so the validation films are run once."""
     try:
         from cxrviewer.ood import fit_ood_stats
     except ImportError:
         return None
     _, tf = predict(model, fs.images, train_ids, normaliser, device, features=True)
-    _, vf = predict(model, fs.images, val_ids, normaliser, device, features=True)
     try:
-        return fit_ood_stats(train_features=tf, train_labels=fs.labels[train_ids], val_features=vf,
+        return fit_ood_stats(train_features=tf, train_labels=fs.labels[train_ids], val_features=val_features,
                              val_labels=fs.labels[val_ids], classes=list(fs.classes))
     except Exception as e:  # the guard is an extra: its failure must not lose a finished training run
         progress.emit("warning", message=f"out-of-distribution statistics not stored: {e}")
@@ -708,7 +708,7 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
     model.load_state_dict(state, strict=True)
     model.eval()
     progress.emit("phase", phase="calibrating", done=0, total=1)
-    vlogits, _ = predict(model, fs.images, val_ids, normaliser, device)
+    vlogits, vfeats = predict(model, fs.images, val_ids, normaliser, device, features=True)  # features: OOD below
     temperature = fit_temperature(vlogits, fs.labels[val_ids])
     val_metrics = evaluate_logits(vlogits, fs.labels[val_ids], classes, temperature)
     test_metrics = None
@@ -716,7 +716,7 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         progress.emit("phase", phase="testing", done=0, total=1)
         tlogits, _ = predict(model, fs.images, test_ids, normaliser, device)
         test_metrics = evaluate_logits(tlogits, fs.labels[test_ids], classes, temperature)
-    ood = _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress)
+    ood = _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, vfeats)
     metrics = {
         "classes": classes,
         "best_epoch": info["best_epoch"],
