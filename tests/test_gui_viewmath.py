@@ -96,6 +96,16 @@ def test_sort_rows_puts_unpredicted_films_last():
     assert rows[0].label() == "b.png   Pneumonia 90%"
 
 
+@pytest.mark.parametrize("name, classes, shown", [
+    ("Pneumonia-Bacterial", ["Normal", "Pneumonia-Bacterial", "Pneumonia-Viral"], "Bacterial"),
+    ("Normal", ["Normal", "Pneumonia-Bacterial", "Pneumonia-Viral"], "Normal"),
+    ("Pneumonia", ["Normal", "Pneumonia"], "Pneumonia"),
+    ("COVID-19", ["No_finding", "Pneumonia", "COVID-19"], "COVID-19"),  # nothing shares "COVID-": kept whole
+])
+def test_worklist_shows_the_part_of_a_class_name_that_tells_it_apart(name, classes, shown):
+    assert vm.short_class_name(name, classes) == shown
+
+
 def test_step_index_clamps():
     assert vm.step_index(-1, 3, 1) == 0
     assert vm.step_index(2, 3, 1) == 2

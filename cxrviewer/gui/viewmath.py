@@ -208,6 +208,15 @@ def suspicion(classes: Sequence[str], probs: Sequence[float]) -> float:
     return float(max(probs))
 
 
+def short_class_name(name: str, classes: Sequence[str]) -> str:
+    """The class name without a prefix it shares with another class ("Pneumonia-Bacterial" beside
+    "Pneumonia-Viral" -> "Bacterial"): in a narrow worklist column the part that tells them apart is the end."""
+    head, sep, rest = str(name).partition("-")
+    if sep and rest and any(str(c) != name and str(c).startswith(head + sep) for c in classes):
+        return rest
+    return str(name)
+
+
 @dataclass
 class WorklistRow:
     path: str
@@ -218,15 +227,16 @@ class WorklistRow:
     error: str = ""
     extra: dict = field(default_factory=dict)
     ood_verdict: str = ""  # "outside": the film is not one the model knows; its class is not shown as a reading
+    top_short: str = ""  # the top class as the column shows it (short_class_name); the tooltip has top_class
 
-    def reading(self) -> str:
+    def reading(self, full: bool = False) -> str:
         """The worklist's second column: the model's top class, or why the film cannot be read."""
         if self.error:
             return "unreadable"
         if self.ood_verdict == "outside":
             return "outside training data"
-        if self.top_class:  # the number first: a narrow column cuts the end, and "Pneumonia-B…" still reads
-            return f"{self.top_prob * 100:.0f}% {self.top_class}"
+        if self.top_class:  # the number first: a narrow column cuts the end, and "83% Bacter…" still reads
+            return f"{self.top_prob * 100:.0f}% {self.top_class if full else (self.top_short or self.top_class)}"
         return ""
 
     def label(self) -> str:

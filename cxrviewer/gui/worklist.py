@@ -31,7 +31,7 @@ PATH_ROLE = Qt.UserRole + 1
 
 
 class _ElideRight(QStyledItemDelegate):
-    """The reading column is cut at its end ("83% Pneumonia-Bac…"): middle elision, right for file names
+    """The reading column is cut at its end ("83% Bacter…"): middle elision, right for file names
     ("perso…5.png"), would leave "Pneum…l" for both Bacterial and Viral."""
 
     def initStyleOption(self, option, index) -> None:
@@ -172,6 +172,7 @@ class Worklist(QWidget):
         pairs = vm.sorted_probabilities(classes, probs)
         row.top_class = top_class or (pairs[0][0] if pairs else "")
         row.top_prob = dict(pairs).get(row.top_class, pairs[0][1] if pairs else 0.0)
+        row.top_short = vm.short_class_name(row.top_class, classes)
         row.ood_verdict = ood_verdict or ""
         # a film outside the model's training data has no meaningful suspicion: it sorts with the unread ones
         row.suspicion = None if row.ood_verdict == "outside" else vm.suspicion(classes, probs)
@@ -231,7 +232,7 @@ class Worklist(QWidget):
     @staticmethod
     def _style(item: QTreeWidgetItem, row: vm.WorklistRow) -> None:
         item.setToolTip(0, row.error or row.path)
-        item.setToolTip(1, row.error or row.reading())
+        item.setToolTip(1, row.error or row.reading(full=True))
         if row.error:
             item.setForeground(1, QBrush(QColor(230, 120, 90)))
         elif row.ood_verdict == "outside":
