@@ -516,10 +516,11 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
     per_rank_batch = max(2, r.batch_size // dist.world) if dist.active else r.batch_size
     n_train = len(train_ids)
     steps = len(batch_slices(len(shard(np.arange(n_train), dist)), per_rank_batch))
+    precision = _precision(opts, device)
     progress.emit("start", run_dir=str(run_dir), arch=opts.arch, recipe=r.name, epochs=r.epochs, classes=classes,
                   counts=split_json["counts"], device=str(device), world_size=dist.world, steps_per_epoch=steps,
-                  start_epoch=info["epoch"] + 1, skipped=len(fs.skipped), precision=_precision(opts, device))
-    progress.say(f"{opts.arch} on {device} ({_precision(opts, device)}): {n_train} train / {len(val_ids)} val / {len(test_ids)} test films, "
+                  start_epoch=info["epoch"] + 1, skipped=len(fs.skipped), precision=precision)
+    progress.say(f"{opts.arch} on {device} ({precision}): {n_train} train / {len(val_ids)} val / {len(test_ids)} test films, "
                  f"{k} classes, recipe {r.name}, {r.epochs} epochs" + (f", {dist.world} processes" if dist.active else "")
                  + f"\nrun folder: {run_dir}")
     last_ckpt = run_dir / "last.safetensors"
