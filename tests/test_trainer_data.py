@@ -202,6 +202,21 @@ def test_balanced_sampler_weights_and_epoch_order():
     assert batch_slices(18, 8) == [(0, 8), (8, 16), (16, 18)]
 
 
+def test_ood_statistics_sample_keeps_each_class_share_and_is_reproducible():
+    from trainer.loop import ood_sample
+
+    ids = np.arange(1000, 4000)  # 3000 training films among others
+    labels = np.array([0] * 2000 + [1] * 990 + [2] * 10)
+    got = ood_sample(ids, labels, seed=7, cap=300)
+    assert len(got) == 300 and len(set(got.tolist())) == 300 and set(got.tolist()) <= set(ids.tolist())
+    assert np.all(np.diff(got) > 0)
+    per_class = np.bincount(labels[got - 1000], minlength=3).tolist()
+    assert per_class == [200, 99, 1]  # each class keeps its share; a rare class is never dropped
+    assert np.array_equal(got, ood_sample(ids, labels, seed=7, cap=300))
+    assert not np.array_equal(got, ood_sample(ids, labels, seed=8, cap=300))
+    assert np.array_equal(ood_sample(ids[:250], labels[:250], seed=7, cap=300), ids[:250])  # under the cap: all
+
+
 def test_merge_classes_relabels_without_touching_the_data(dataset):
     before = snapshot(dataset)
     plain = D.discover(dataset)

@@ -23,7 +23,9 @@ Choices and why:
   and writes; the others follow its early-stopping decision.
 - Out-of-distribution statistics (issue 9) are computed through a hook: when ``cxrviewer.ood`` provides
   ``fit_ood_stats``, it is called with the pooled features of the training and validation films and its
-  JSON result is stored as the card's ``ood``.
+  JSON result is stored as the card's ``ood``. About :data:`OOD_MAX_TRAIN` training films feed it (a
+  seeded sample that keeps each class's share): a 32-component PCA and its 32x32 covariance are settled
+  well before that, while an exact fp32 pass over every training film cost as much as an epoch on a CPU.
 """
 
 from __future__ import annotations
@@ -677,7 +679,26 @@ def _save_epoch(run_dir, model, optimizer, scheduler, scaler, info, classes, opt
     save_state(run_dir, model.state_dict(), optimizer, scheduler, scaler, info)
 
 
-def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_features) -> Optional[dict]:
+OOD_MAX_TRAIN = 2000
+
+
+def ood_sample(train_ids: np.ndarray, labels: np.ndarray, seed: int, cap: int = OOD_MAX_TRAIN) -> np.ndarray:
+    """About ``cap`` of ``train_ids`` (sorted), each class keeping its share (at least one film), drawn
+    from a generator seeded by ``seed`` so a rerun stores the same statistics."""
+    train_ids = np.asarray(train_ids)
+    if len(train_ids) <= cap:
+        return train_ids
+    g = sample_generator(seed, -1, -1)
+    keep = []
+    for c in np.unique(labels):
+        members = train_ids[labels == c]
+        n = max(1, int(round(cap * len(members) / len(train_ids))))
+        pick = torch.randperm(len(members), generator=g)[:n].numpy()
+        keep.append(members[pick])
+    return np.sort(np.concatenate(keep))
+
+
+def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_features, seed) -> Optional[dict]:
     """Issue 9's hook: ``cxrviewer.ood.fit_ood_stats(train_features=, train_labels=, val_features=,
     val_labels=, classes=) -> dict`` (JSON), given the pooled features of the un-augmented films.
     ``val_features``: computed with the calibration logits, so the validation films are run once."""
@@ -685,9 +706,10 @@ def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_
         from cxrviewer.ood import fit_ood_stats
     except ImportError:
         return None
-    _, tf = predict(model, fs.images, train_ids, normaliser, device, features=True)
+    ids = ood_sample(train_ids, fs.labels[train_ids], seed)
+    _, tf = predict(model, fs.images, ids, normaliser, device, features=True)
     try:
-        return fit_ood_stats(train_features=tf, train_labels=fs.labels[train_ids], val_features=val_features,
+        return fit_ood_stats(train_features=tf, train_labels=fs.labels[ids], val_features=val_features,
                              val_labels=fs.labels[val_ids], classes=list(fs.classes))
     except Exception as e:  # the guard is an extra: its failure must not lose a finished training run
         progress.emit("warning", message=f"out-of-distribution statistics not stored: {e}")
@@ -717,7 +739,7 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         progress.emit("phase", phase="testing", done=0, total=1)
         tlogits, _ = predict(model, fs.images, test_ids, normaliser, device)
         test_metrics = evaluate_logits(tlogits, fs.labels[test_ids], classes, temperature)
-    ood = _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, vfeats)
+    ood = _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, vfeats, opts.seed)
     metrics = {
         "classes": classes,
         "best_epoch": info["best_epoch"],
