@@ -70,6 +70,7 @@ class Prediction:
     device: str
     notices: list = field(default_factory=list)
     ood: Optional[OodResult] = None  # None: the model carries no out-of-distribution description
+    first_heatmap: str = "attention"  # the model's choice of map to open on (CXRModel.first_heatmap)
 
     @property
     def top_prob(self) -> float:
@@ -244,7 +245,7 @@ class Predictor:
             classes=self.classes, probs=probs, logits=logits.numpy()[0].astype(np.float64), top_index=top,
             top_class=self.classes[top], features=features, attention=attention,
             geometry=geometry, model_name=self.model_name, device=device, notices=notices,
-            ood=self._assess(features),
+            ood=self._assess(features), first_heatmap=getattr(self.model, "first_heatmap", "gradcam"),
         )
 
     def _assess(self, features: np.ndarray) -> Optional[OodResult]:

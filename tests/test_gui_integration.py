@@ -77,6 +77,27 @@ def test_real_model_fills_panel_heatmaps_and_worklist(qtbot, tmp_path, tiny_mode
     assert win.backend._cache.loads == loads and win.prediction.film_key == win.current_path
 
 
+@pytest.mark.parametrize("bundled", [False, True], ids=["class-level attention", "bundled default"])
+def test_first_run_opens_on_the_map_the_model_says_is_worth_seeing(qtbot, tmp_path, bundled, request):
+    """A reader who has not chosen a map sees the model's attention where it is a deep, class-level map
+    (the tiny attention model), and Grad-CAM where it is low-level (the bundled MobileNet-Lung's stem map,
+    which follows bone and soft-tissue density); the attention stays one click away."""
+    if not bundled:
+        request.getfixturevalue("tiny_model")
+    film = _films(tmp_path, 1)[0]
+    win = show_window(qtbot)
+    win.open_paths([str(film)])
+    _settle(qtbot, win)
+    assert win.model is not None and ("MobileNet" in win.model.label()) == bundled
+    assert win.prediction.first_heatmap == ("gradcam" if bundled else "attention")
+    assert win.heatmap.request.method == win.prediction.first_heatmap
+    assert win.view.overlay is not None and win.heat[0][2] == win.prediction.first_heatmap
+    assert win.heatmap.buttons["attention"].isEnabled()
+    win.heatmap.set_method("attention")
+    _settle(qtbot, win)
+    assert win.heat[0][2] == "attention" and win.view.overlay is not None
+
+
 def test_screenshot_with_a_model_file_and_heatmap(qtbot, tmp_path, tiny_model):
     film = _films(tmp_path, 1)[0]
     out = tmp_path / "shot.png"

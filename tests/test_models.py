@@ -87,6 +87,9 @@ def test_forward_at_224_shapes_features_attention_gradcam(name):
         assert amap.dtype == torch.float32 and not amap.requires_grad
         assert (amap >= 0).all() and torch.isfinite(amap).all()
         assert model.has_attention and len(model.attention_description) > 20
+    # the viewer opens on the model's attention only where it is a deep, class-level map
+    opens_on_attention = {"cs_convnext", "da_covidnet", "dpn_se"}
+    assert model.first_heatmap == ("attention" if name in opens_on_attention else "gradcam")
 
 
 @pytest.mark.parametrize("name", sorted(ATTENTION | BASELINES))

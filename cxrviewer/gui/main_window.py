@@ -290,6 +290,7 @@ class MainWindow(QMainWindow):
         self._discover_pending = False
         self._model_arg: Optional[str] = None
         self.heatmap_if_model: Optional[str] = None  # --screenshot shows a heatmap when a model is there
+        self._model_view_pending = False
 
         self.setWindowTitle("CXR Viewer")
         icon_path = app_icon_path()
@@ -830,6 +831,8 @@ class MainWindow(QMainWindow):
             self.model_info.setText((self.model_info.text() + "\n" + hint).strip())
         if self.heatmap_if_model and self.heatmap.request.method == "none":
             self.heatmap.set_method(self.heatmap_if_model)
+            # "attention" here means the model's own choice, known once it has predicted (_show_prediction)
+            self._model_view_pending = self.heatmap_if_model == "attention"
             self.heatmap_if_model = None
 
     def use_model_argument(self, name_or_path: str) -> None:
@@ -994,7 +997,9 @@ class MainWindow(QMainWindow):
         avail = {"attention"} if result.attention is not None else set()
         avail |= {"gradcam", "lime"}
         self.heatmap.set_available(avail)
-        if self.heatmap.request.method not in avail | {"none"}:
+        opening = self._model_view_pending and result.first_heatmap != "attention"
+        self._model_view_pending = False  # first run: open on the map the model says is worth seeing first
+        if self.heatmap.request.method not in avail | {"none"} or (opening and self.heatmap.request.method == "attention"):
             self.heatmap.blockSignals(True)  # plain baselines have no attention of their own; all have Grad-CAM
             self.heatmap.set_method("gradcam")
             self.heatmap.blockSignals(False)

@@ -5,6 +5,10 @@ the five attention networks and the plain baselines alike.
   classifier head saw (the OOD guard reuses it: no second pass).
 - ``attention_map()`` returns the spatial attention the last forward computed, (B, h, w), non-negative,
   or None for models without spatial attention. ``attention_description`` says what it means.
+- ``first_heatmap`` is the map the viewer opens on before the reader has chosen one: the model's own
+  attention when it is computed deep enough to say something about the class, Grad-CAM when the model has
+  no spatial attention or only a low-level one (``attention_low_level``: MobileNet-Lung's stem SE map
+  follows edges, bone and soft-tissue density, and drew a reader's eye to the film's edges).
 - ``records_attention`` False skips computing that map, in the model and in its self-attention blocks
   (the fast copy used for LIME scores hundreds of perturbed films and never shows their attention;
   MobileNet-Lung's 112×112 map costs ~7% of a pass, the CS blocks' received attention a reduction over
@@ -24,6 +28,7 @@ from torch import nn
 
 class CXRModel(nn.Module):
     attention_description: str = ""
+    attention_low_level: bool = False
 
     @property
     def records_attention(self) -> bool:
@@ -84,3 +89,7 @@ class CXRModel(nn.Module):
     @property
     def has_attention(self) -> bool:
         return bool(self.attention_description)
+
+    @property
+    def first_heatmap(self) -> str:
+        return "attention" if self.has_attention and not self.attention_low_level else "gradcam"

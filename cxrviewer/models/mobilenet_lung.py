@@ -51,6 +51,7 @@ class MobileNetV2Classifier(CXRModel):
         nn.init.zeros_(self.classifier.bias)
         attach_report(self, init_torchvision_mobilenetv2(self.backbone, pretrained))
         if stem_se:
+            self.attention_low_level = True  # the viewer opens on Grad-CAM (see CXRModel.first_heatmap)
             self.attention_description = (
                 "Energy of the SE-reweighted stem activation (sum over the 32 channels of |feature × SE "
                 "gate|, 112×112): where the low-level channels the SE block amplified respond. SE itself "
