@@ -239,13 +239,6 @@ class WorklistRow:
             return f"{self.top_prob * 100:.0f}% {self.top_class if full else (self.top_short or self.top_class)}"
         return ""
 
-    def label(self) -> str:
-        if self.error:
-            return f"{self.name}   ⚠ unreadable"
-        if self.top_class:
-            return f"{self.name}   {self.top_class} {self.top_prob * 100:.0f}%"
-        return self.name
-
 
 SORT_KEYS = ("name", "suspicion", "top")
 
