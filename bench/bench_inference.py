@@ -5,6 +5,7 @@
     python bench/bench_inference.py --quick              # mobilenet_lung only, small batch, few repeats
     python bench/bench_inference.py --models resources/models/mobilenet_lung-kermany3.safetensors  # trained, real films
     python bench/bench_inference.py --unchecked          # also: what bf16 would give where its check refuses it
+    python bench/bench_inference.py --untraced           # also: the CPU fast path traced against run eagerly
 
 For each network it measures, on the chosen device:
 - single-film latency (batch 1) and batch throughput (``--batch`` films in one call) of
@@ -84,7 +85,8 @@ def film_inputs(pred: Predictor, n: int, offset: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.stack([pred.preprocess(load_film(p))[0] for p in pick_films(offset + n)[offset:]]))
 
 
-def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=None, unchecked=False) -> dict:
+def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=None, unchecked=False,
+              untraced=False) -> dict:
     torch.manual_seed(0)
     if name.endswith(".safetensors"):  # a trained checkpoint, scored on real films
         pred = Predictor.from_checkpoint(name, device)
@@ -133,6 +135,22 @@ def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=No
                               repeats)
         r["bf16_ratio"] = t["eager"] / t["bf16"]
         r["bf16_diff"] = float(np.abs(exact - forced.fast_predict_batch(xb, batch_size=batch, bf16=True)).max())
+    if untraced and device.type == "cpu":
+        # The same fast path (same precision, as its check decided) with the copy run eagerly, not traced.
+        import cxrviewer.inference as inference
+
+        eager_fast = Predictor(model, pred.card, device)
+        eager_fast._reduced_ok = pred._reduced_ok
+        inference.TRACE_FAST_CPU = False
+        try:
+            r["untraced_how"] = eager_fast.prepare_fast(bf16)  # built now, kept untraced
+        finally:
+            inference.TRACE_FAST_CPU = True
+        t = timed_round_robin({"traced": lambda: pred.fast_predict_batch(xb, batch_size=batch, bf16=bf16),
+                               "eager": lambda: eager_fast.fast_predict_batch(xb, batch_size=batch, bf16=bf16)},
+                              repeats)
+        r["trace_ratio"] = t["eager"] / t["traced"]
+        r["trace_diff"] = float(np.abs(fast - eager_fast.fast_predict_batch(xb, batch_size=batch, bf16=bf16)).max())
     return r
 
 
@@ -149,6 +167,8 @@ def main(argv=None) -> int:
                          "checked against the tolerance), off")
     ap.add_argument("--unchecked", action="store_true",
                     help="where the fast path refused bf16, also time bf16 without its check (information)")
+    ap.add_argument("--untraced", action="store_true",
+                    help="also time the CPU fast path with its copy run eagerly instead of traced and frozen")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",")] if args.models else (
         ["mobilenet_lung"] if args.quick else [m.name for m in list_models()])
@@ -165,7 +185,7 @@ def main(argv=None) -> int:
         print(f"... {name}", file=sys.stderr, flush=True)
         try:
             rows.append(bench_one(name, device, batch, repeats, {"auto": None, "on": True, "off": False}[args.bf16],
-                                  args.unchecked))
+                                  args.unchecked, args.untraced))
         except Exception as e:  # one broken architecture must not lose the others' numbers
             print(f"{name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
     if not rows:
@@ -187,6 +207,13 @@ def main(argv=None) -> int:
         print("|---|---:|---:|")
         for r in refused:
             print(f"| {r['name']} | {r['bf16_ratio']:.2f} | {r['bf16_diff']:.2e} |")
+    compared = [r for r in rows if "trace_ratio" in r]
+    if compared:
+        print(f"\nfast path traced and frozen against the same copy run eagerly (batch {batch}):\n")
+        print("| model | traced / eager fast-path throughput | max |Δp| between them | eager copy |")
+        print("|---|---:|---:|---|")
+        for r in compared:
+            print(f"| {r['name']} | {r['trace_ratio']:.2f} | {r['trace_diff']:.2e} | {r['untraced_how']} |")
     worst = max(r["max_prob_diff"] for r in rows)
     print(f"\nlargest fast-vs-exact probability difference: {worst:.2e} (tolerance {FAST_TOLERANCE}); "
           f"probability spread across films (min over models): {min(r['prob_spread'] for r in rows):.2f}")

@@ -7,12 +7,14 @@ Two paths, on purpose:
   probabilities displayed, so nothing here trades accuracy for speed.
 - **Fast** (:meth:`Predictor.fast_predict_batch`): for LIME and other explanation work that scores hundreds
   of perturbed copies of one film. A private copy of the network in channels-last layout, run under
-  ``torch.inference_mode`` in chunks; on the CPU it is additionally traced and frozen (batch norm folded
-  into the convolutions), and it uses bf16 autocast only where the hardware computes bf16 natively (CUDA,
-  or a CPU with AVX512-BF16/AMX), because emulated bf16 is slower than fp32, with the batch norms folded
-  into the convolutions first, in fp32 (:func:`fold_batchnorm`); since bf16's effect depends
-  on the network, it is checked against the exact path on the first real inputs and dropped if it would
-  break the tolerance. Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
+  ``torch.inference_mode`` in chunks. It uses bf16 autocast only where the hardware computes bf16 natively
+  (CUDA, or a CPU with AVX512-BF16/AMX), because emulated bf16 is slower than fp32, with the batch norms
+  folded into the convolutions first, in fp32 (:func:`fold_batchnorm`); since bf16's effect depends on the
+  network, it is checked against the exact path on the first real inputs and dropped if it would break
+  the tolerance. On the CPU the copy, fp32 or bf16, is then traced and frozen (:data:`TRACE_FAST_CPU`):
+  in fp32 that folds batch norm and fuses conv+add+relu; in bf16 it removes the per-op dispatch and
+  autocast overhead, which is 1.3-1.4x for MobileNet-Lung and Fusion-TL's many small layers and 1.04-1.08x
+  for the others (docs/benchmarks.md). Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
   exact path; tests/test_inference.py measures it.
 
 The preprocessing is :func:`cxrviewer.preprocess.preprocess_film`, the trainer's own. A CUDA failure at run
@@ -306,36 +308,37 @@ class Predictor:
         fast.records_attention = False  # nobody reads the attention of perturbed copies
         folded = fold_batchnorm(fast, self.model, self.spec.input_size) if use_bf16 else 0
         fast = fast.to(dev, memory_format=torch.channels_last)
-        runner, how = fast, "channels-last eager" + (f", {folded} batch norms folded in fp32" if folded else "")
-        if dev.type == "cpu" and not use_bf16:
-            traced = self._trace_and_freeze(fast, dev)
-            if traced is not None:
-                runner, how = traced, "channels-last, traced and frozen (batch norm folded)"
+        how = "channels-last" + (f", {folded} batch norms folded in fp32" if folded else "")
         amp_dtype = None
         if use_bf16:
             amp_dtype = torch.bfloat16
             if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
                 amp_dtype = torch.float16
+            fast = ReducedPrecisionTrunk(fast, dev.type, amp_dtype).eval()
+        runner, traced = fast, None
+        if dev.type == "cpu" and TRACE_FAST_CPU:
+            traced = self._trace_and_freeze(fast, dev)
+        if traced is not None:
+            runner = traced
+            how += ", traced and frozen" + ("" if use_bf16 else " (batch norm folded)")
+        else:
+            how += ", eager"
+        if amp_dtype is not None:
             how += f", {str(amp_dtype).replace('torch.', '')} autocast (head in fp32)"
 
         def run(chunk: torch.Tensor) -> torch.Tensor:
             xb = self._to_device(chunk, dev).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                if amp_dtype is None:
-                    return runner(xb).float().cpu()
-                # reduced precision for the convolutional trunk (the cost), fp32 for the classifier head
-                # (a few multiply-adds whose rounding would otherwise go straight into the logits)
-                with torch.autocast(dev.type, dtype=amp_dtype):
-                    pooled = fast.forward_features(xb)
-                return fast.forward_head(pooled.float()).float().cpu()
+                return runner(xb).float().cpu()
 
         self._fast = (dev, use_bf16, run, how)
         return run, how
 
     def _trace_and_freeze(self, fast, dev):
-        """TorchScript-freeze the copy (folds batch norm, fuses conv+add+relu); checked against the
-        eager network on a different batch size, so a network whose trace captured a fixed shape or a
-        Python branch is simply run eagerly instead."""
+        """TorchScript-freeze the copy (in fp32 this also folds batch norm and fuses conv+add+relu; under
+        autocast it removes the per-op Python and dispatch overhead); checked against the eager copy on a
+        different batch size, so a network whose trace captured a fixed shape or a Python branch is simply
+        run eagerly instead."""
         s = self.spec.input_size
         g = torch.Generator().manual_seed(0)
         try:
@@ -344,9 +347,9 @@ class Predictor:
                 with torch.inference_mode(False), torch.no_grad():
                     ex = torch.randn(2, 3, s, s, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
                     traced = torch.jit.freeze(torch.jit.trace(fast, ex, check_trace=False))
-                    probe = torch.randn(3, 3, s, s, generator=g).to(dev)
-                    ref = self.model(probe).float()
-                    got = traced(probe.contiguous(memory_format=torch.channels_last)).float()
+                    probe = torch.randn(3, 3, s, s, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
+                    ref = fast(probe).float()
+                    got = traced(probe).float()
         except Exception as e:  # scripting limits of some networks: eager is still correct
             log.info("fast path: tracing %s failed (%s); using eager", self.model_name, _short(e))
             return None
@@ -404,6 +407,24 @@ class Predictor:
         return f"Predictor({self.model_name!r}, device={self.device})"
 
 
+TRACE_FAST_CPU = True  # False runs the CPU fast copy eagerly (for A/B measurements and tests)
+
+
+class ReducedPrecisionTrunk(torch.nn.Module):
+    """The fast copy in reduced precision as one module, so it can be traced like the fp32 one: the
+    convolutional trunk (the cost) under autocast, the classifier head in fp32 (a few multiply-adds whose
+    rounding would otherwise go straight into the logits)."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            pooled = self.model.forward_features(x)
+        return self.model.forward_head(pooled.float())
+
+
 def _same_function(ref: torch.Tensor, got: torch.Tensor) -> bool:
     """Whether a rewritten copy of the network (traced, folded) computes what the network does: the same
     shape and logits equal up to fp32 reassociation, relative to their size."""
@@ -412,12 +433,12 @@ def _same_function(ref: torch.Tensor, got: torch.Tensor) -> bool:
 
 def fold_batchnorm(model: torch.nn.Module, reference: torch.nn.Module, size: int) -> int:
     """Fold, in fp32, each eval-mode BatchNorm2d that directly follows a Conv2d into that convolution, and
-    return how many. For the bf16 path, which cannot be TorchScript-frozen: under autocast an unfolded
-    batch norm costs almost as much as its convolution (it is memory-bound), and folding before any bf16
-    rounding keeps the folded weights exact. Pairs are found in ``nn.Sequential`` containers (torchvision)
-    and as ``convN``/``bnN`` attributes (timm's ResNet blocks); the result is then compared with
-    ``reference`` on a random batch and the model restored if they differ (a pair that was not really in
-    sequence), so a wrong guess costs speed, never correctness."""
+    return how many. For the bf16 path, whose batch norms TorchScript's freezing does not fold under
+    autocast: there an unfolded batch norm costs almost as much as its convolution (it is memory-bound),
+    and folding before any bf16 rounding keeps the folded weights exact. Pairs are found in
+    ``nn.Sequential`` containers (torchvision) and as ``convN``/``bnN`` attributes (timm's ResNet blocks);
+    the result is then compared with ``reference`` on a random batch and the model restored if they
+    differ (a pair that was not really in sequence), so a wrong guess costs speed, never correctness."""
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

@@ -153,7 +153,8 @@ def test_fast_path_bf16_kept_when_within_tolerance():
     x = _mixed_batch()
     exact = pr.predict_batch(x)
     fast = pr.fast_predict_batch(x, bf16=True)
-    assert "bfloat16 autocast" in pr.prepare_fast(bf16=True)  # passed its check, still in use
+    how = pr.prepare_fast(bf16=True)
+    assert "bfloat16 autocast" in how and "traced" in how  # passed its check, still in use; traced on a CPU
     assert np.ptp(exact[:, 0]) > 0.02
     diff = np.abs(fast - exact).max()
     assert 0 < diff <= FAST_TOLERANCE, diff  # > 0: bf16 really was used
@@ -236,6 +237,26 @@ def test_fast_path_falls_back_to_eager_when_tracing_fails(monkeypatch):
     x = _real_like_batch(3)
     assert "traced" not in pr.prepare_fast()
     assert np.abs(pr.fast_predict_batch(x) - pr.predict_batch(x)).max() <= FAST_TOLERANCE
+    how = pr.prepare_fast(bf16=True)  # the reduced-precision copy falls back the same way
+    assert "traced" not in how and "eager" in how
+    assert pr.fast_predict_batch(x, bf16=True).shape == (3, len(pr.classes))
+
+
+def test_traced_reduced_precision_copy_computes_what_its_eager_copy_does():
+    # Tracing the bf16 copy (trunk under autocast, head in fp32) must change speed only: same outputs as
+    # the same copy run eagerly, at a batch size other than the one traced.
+    from cxrviewer import inference as I
+
+    m = make_model(TINY, CLASSES3, seed=4, sharpen=6.0)
+    x = _mixed_batch(3, 2)
+    got = {}
+    for trace in (False, True):
+        pr = Predictor(m, card_defaults(m, CLASSES3, name="t"), "cpu")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(I, "TRACE_FAST_CPU", trace)
+            got[trace] = pr.fast_predict_batch(x, bf16=True)
+            assert ("traced" in pr.prepare_fast(bf16=True)) == trace
+    np.testing.assert_allclose(got[True], got[False], atol=1e-6)
 
 
 # --- devices --------------------------------------------------------------------------------------
