@@ -13,8 +13,8 @@ Two paths, on purpose:
   network, it is checked against the exact path on the first real inputs and dropped if it would break
   the tolerance. On the CPU the copy, fp32 or bf16, is then traced and frozen (:data:`TRACE_FAST_CPU`):
   in fp32 that folds batch norm and fuses conv+add+relu; in bf16 it removes the per-op dispatch and
-  autocast overhead, which is 1.3-1.4x for MobileNet-Lung and Fusion-TL's many small layers and 1.04-1.08x
-  for the others (docs/benchmarks.md). Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
+  autocast overhead, worth most for networks of many small layers (MobileNet, Fusion-TL's three trunks;
+  docs/benchmarks.md). Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
   exact path; tests/test_inference.py measures it.
 
 The preprocessing is :func:`cxrviewer.preprocess.preprocess_film`, the trainer's own. A CUDA failure at run

@@ -997,9 +997,11 @@ class MainWindow(QMainWindow):
         avail = {"attention"} if result.attention is not None else set()
         avail |= {"gradcam", "lime"}
         self.heatmap.set_available(avail)
-        opening = self._model_view_pending and result.first_heatmap != "attention"
-        self._model_view_pending = False  # first run: open on the map the model says is worth seeing first
-        if self.heatmap.request.method not in avail | {"none"} or (opening and self.heatmap.request.method == "attention"):
+        # first run: open on the map the model says is worth seeing first
+        not_first = self._model_view_pending and result.first_heatmap != "attention"
+        self._model_view_pending = False
+        method = self.heatmap.request.method
+        if method not in avail | {"none"} or (not_first and method == "attention"):
             self.heatmap.blockSignals(True)  # plain baselines have no attention of their own; all have Grad-CAM
             self.heatmap.set_method("gradcam")
             self.heatmap.blockSignals(False)
