@@ -72,7 +72,7 @@ class Prediction:
     device: str
     notices: list = field(default_factory=list)
     ood: Optional[OodResult] = None  # None: the model carries no out-of-distribution description
-    first_heatmap: str = "attention"  # the model's choice of map to open on (CXRModel.first_heatmap)
+    first_heatmap: str = "gradcam"  # the model's choice of map to open on (CXRModel.first_heatmap)
 
     @property
     def top_prob(self) -> float:

@@ -57,7 +57,7 @@ class PredictionResult:
     raw: Any = None
     ood: Any = None  # cxrviewer.ood.OodResult, or None when the model carries no guard
     header_evidence: list = field(default_factory=list)  # sentences from the DICOM header (cxrviewer.ood)
-    first_heatmap: str = "attention"  # the map to open on when the reader has not chosen one
+    first_heatmap: str = "gradcam"  # the map to open on before the reader chooses (every model has Grad-CAM)
 
 
 def choice_from_entry(entry) -> ModelChoice:
@@ -255,7 +255,7 @@ def prediction_result(pred, film_key: str, model_key: str, evidence=()) -> Predi
         attention=att, geometry=getattr(pred, "geometry", None),
         notices=[str(n) for n in (getattr(pred, "notices", None) or [])], raw=pred,
         ood=getattr(pred, "ood", None), header_evidence=list(evidence),
-        first_heatmap=str(getattr(pred, "first_heatmap", "attention")),
+        first_heatmap=str(getattr(pred, "first_heatmap", "gradcam")),
     )
 
 
