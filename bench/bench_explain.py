@@ -5,7 +5,7 @@
     python bench/bench_explain.py --models mobilenet_lung,dpn_se --films 4
     python bench/bench_explain.py --quick --tune        # sweep superpixel count x sample count
     python bench/bench_explain.py --checkpoints resources/models/mobilenet_lung-kermany3.safetensors \
-        --settle-study --films 10 --gold 3000           # when to stop sampling (LimeSettings.settle_*)
+        --settle-study --films 10 --gold 3000           # how to sample, when to stop (LimeSettings)
     python bench/bench_explain.py --checkpoints RUN/best.safetensors --speed-only --ref-films 2
                                                         # speed only, for networks too slow for golds on a CPU
 
@@ -58,8 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
-from cxrviewer.explain.lime_explainer import (LimeSettings, _lime_explainer_class, explain_lime, lime_fit,  # noqa: E402
-                                              segment)
+from cxrviewer.explain.lime_explainer import (SAMPLINGS, LimeSettings, _lime_explainer_class, explain_lime,  # noqa: E402
+                                              lime_fit, segment)
 from cxrviewer.explain.types import NoAttention  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
 from cxrviewer.film.display import render  # noqa: E402
@@ -138,10 +138,10 @@ def exact_batched(pred, spec, batch=16):  # CPU batches much above 16 run slower
     return predict
 
 
-def lime_data(predict, image, segments, n, seed, batch=16, paired=False):
+def lime_data(predict, image, segments, n, seed, batch=16, sampling="independent"):
     """lime's neighbourhood (same random stream as ``explain_instance`` with ``random_state=seed``)."""
     explainer = _lime_explainer_class()(random_state=seed)
-    explainer.paired = paired
+    explainer.sampling = sampling
     fudged = image.copy()
     for s in np.unique(segments):
         fudged[segments == s] = image[segments == s].mean(axis=0)
@@ -257,10 +257,10 @@ def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
         seg = segment(image, LimeSettings(n_segments=n_seg))
         ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
         gold = top(fit_weights(ex, data, labels, cls))
-        for paired in (False, True):
-            ex, data, labels = lime_data(exact, image, seg, max(args.tune_samples), 0, paired=paired)
+        for sampling in SAMPLINGS:
+            ex, data, labels = lime_data(exact, image, seg, max(args.tune_samples), 0, sampling=sampling)
             for n in args.tune_samples:
-                store.setdefault(("slic" + ("-paired" if paired else ""), n_seg, n), []).append(
+                store.setdefault((f"slic {sampling}", n_seg, n), []).append(
                     jaccard(top(fit_weights(ex, data, labels, cls, n)), gold))
     ex, data, labels = ref_run  # lime's default: quickshift, seed 0, 1000 samples
     for n in sorted(set(args.tune_samples) | {1000}):
@@ -270,25 +270,28 @@ def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
 
 
 def settle_study(name, films, args) -> None:
-    """Stopping rules for LIME's sampling against fixed sample counts: Jaccard@5 against the gold and the
-    samples each rule draws, on our segmentation with paired samples (the fits are lime's, on the first
-    N rows of one run of ``num_samples`` rows, which is exactly an N-sample run; exact fp32 predictions)."""
+    """Samplings and stopping rules against fixed sample counts: Jaccard@5 against an independent-sampling
+    gold, and the samples each rule draws, on our segmentation, over ``--settle-seeds`` runs per film and
+    sampling (the fits are lime's, on the first N rows of one run of ``num_samples`` rows, which is
+    exactly an N-sample run; exact fp32 predictions). A rule "from F every E" refits at F samples and
+    every E after, and stops at the first refit naming the same top five as the one before."""
     pred = build_predictor(name, [render(load_film(f)) for f in pick_films(12)[-8:]])
     spec, settings = pred.spec, LimeSettings()
     exact = exact_batched(pred, spec)
     most = settings.num_samples
-    checks = list(range(settings.settle_from, most + 1, settings.settle_every))
-    rows = {}
+    rules = [tuple(int(v) for v in r.split(":")) for r in args.rules.split(",")]
+    fixed = [48, 96, 144, 192, 288, most]
+    rows = {}  # (sampling, rule label) -> [(jaccard, samples)]
 
-    def first_agreement(tops, same, needed=1) -> int:
-        streak = 0
+    def first_agreement(tops, start, every) -> int:
+        checks = list(range(start, most + 1, every))
         for a, b in zip(checks, checks[1:]):
-            streak = streak + 1 if same(tops[a], tops[b]) else 0
-            if streak >= needed:
+            if tops[a] == tops[b]:
                 return b
         return most  # never settled: every sample is drawn
 
     for path in films:
+        t0 = time.perf_counter()
         gray = render(load_film(path))
         square, _ = fit_to_square(gray, spec.input_size, spec.resize)
         image = np.repeat(square[:, :, None], 3, axis=2)
@@ -296,19 +299,21 @@ def settle_study(name, films, args) -> None:
         seg = segment(image, settings)
         ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
         gold = top(fit_weights(ex, data, labels, cls))
-        ex, data, labels = lime_data(exact, image, seg, most, 0, paired=True)
-        tops = {n: top(fit_weights(ex, data, labels, cls, n)) for n in set(checks) | {200, 300, most}}
-        stops = {"fixed 200": 200, "fixed 300": 300, f"fixed {most}": most,
-                 "settled: 1 agreeing refit (default)": first_agreement(tops, lambda a, b: a == b),
-                 "settled: 2 agreeing refits": first_agreement(tops, lambda a, b: a == b, 2)}
-        for rule, n in stops.items():
-            rows.setdefault(rule, []).append((jaccard(tops[n], gold), n))
-        print(f"  {path.parent.name}/{path.name}: " + "; ".join(f"{r} J {jaccard(tops[n], gold):.2f} at {n}"
-                                                          for r, n in stops.items()), flush=True)
-    print(f"\n{name}: {len(films)} films, Jaccard@5 against a {args.gold}-sample gold")
-    print("| rule | mean Jaccard@5 | mean samples |\n|---|---:|---:|")
-    for rule, v in rows.items():
-        print(f"| {rule} | {np.mean([j for j, _ in v]):.2f} | {np.mean([n for _, n in v]):.0f} |")
+        for sampling in SAMPLINGS:
+            for seed in range(args.settle_seeds):
+                ex, data, labels = lime_data(exact, image, seg, most, seed, sampling=sampling)
+                tops = {n: top(fit_weights(ex, data, labels, cls, n)) for n in range(16, most + 1, 16)}
+                stops = {f"fixed {n}": n for n in fixed}
+                stops.update({f"from {f} every {e}": first_agreement(tops, f, e) for f, e in rules})
+                for rule, n in stops.items():
+                    rows.setdefault((sampling, rule), []).append((jaccard(tops[n], gold), n))
+        print(f"  {path.parent.name}/{path.name}: {seg.max() + 1} superpixels, {time.perf_counter() - t0:.0f} s",
+              flush=True)
+    print(f"\n{name}: {len(films)} films x {args.settle_seeds} seeds, Jaccard@5 against a {args.gold}-sample "
+          "independent gold on the same segmentation")
+    print("| sampling | rule | mean Jaccard@5 | mean samples |\n|---|---|---:|---:|")
+    for (sampling, rule), v in rows.items():
+        print(f"| {sampling} | {rule} | {np.mean([j for j, _ in v]):.2f} | {np.mean([n for _, n in v]):.0f} |")
 
 
 def main(argv=None) -> int:
@@ -321,6 +326,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="also sweep superpixel and sample counts")
     p.add_argument("--settle-study", action="store_true", help="only compare rules for when to stop sampling")
+    p.add_argument("--settle-seeds", type=int, default=3, help="--settle-study: runs per film and sampling")
+    p.add_argument("--rules", default="144:48,96:48,96:32,64:32,128:32",
+                   help="--settle-study: stopping rules as FROM:EVERY, comma-separated")
     p.add_argument("--speed-only", action="store_true",
                    help="only time ours against lime-1000 (on --ref-films films), no gold: for networks too slow "
                         "for 5000-sample golds on a CPU")

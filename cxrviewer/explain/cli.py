@@ -19,7 +19,7 @@ from cxrviewer.cli_support import USAGE_ERROR, Parser, UsageError, err as _err, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cxrviewer.explain.lime_explainer import SEGMENTATIONS, LimeSettings
+    from cxrviewer.explain.lime_explainer import SAMPLINGS, SEGMENTATIONS, LimeSettings
     from cxrviewer.explain.overlay import COLORMAPS, OverlaySettings
 
     d, o = LimeSettings(), OverlaySettings()
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most perturbed samples (default {d.num_samples}); sampling stops earlier once the "
                         f"strongest superpixels stop changing, unless --all-samples")
     g.add_argument("--all-samples", action="store_true", help="always draw --samples samples")
+    g.add_argument("--sampling", choices=SAMPLINGS, default=d.sampling,
+                   help="how superpixels are hidden: balanced blocks with complements (default), independent "
+                        "draws with complements, or lime's own independent draws")
     g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation)
     g.add_argument("--segments", type=int, default=d.n_segments, help=f"SLIC superpixels (default {d.n_segments})")
     g.add_argument("--features", type=int, default=d.num_features, help="superpixels to outline")
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
 
     try:
         settings = LimeSettings(segmentation=args.segmentation, n_segments=args.segments, num_samples=args.samples,
-                                num_features=args.features, random_seed=args.seed,
+                                num_features=args.features, random_seed=args.seed, sampling=args.sampling,
                                 **({"settle_from": 0} if args.all_samples else {}))
         overlay_settings = OverlaySettings(colormap=args.colormap, opacity=args.opacity, threshold=args.threshold,
                                            outline_top=args.features)

@@ -129,7 +129,8 @@ def build_report_figure(
     s = explanation.settings or {}
     if explanation.method == "lime":
         fit = f" Local fit R\u00b2 = {explanation.score:.2f}." if explanation.score is not None else ""
-        notes.append(f"LIME: {s.get('samples_used', s.get('num_samples'))} samples, {len(explanation.segment_weights)} superpixels "
+        notes.append(f"LIME: {s.get('samples_used', s.get('num_samples'))} samples ({s.get('sampling', 'independent')} "
+                     f"sampling), {len(explanation.segment_weights)} superpixels "
                      f"({s.get('segmentation')}); red supports the class, blue opposes it; "
                      f"the {s.get('num_features')} strongest supporting superpixels are outlined.{fit}")
     elif explanation.method == "attention" and s.get("description"):
