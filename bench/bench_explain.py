@@ -281,6 +281,7 @@ def settle_study(name, films, args) -> None:
     most = settings.num_samples
     rules = [tuple(int(v) for v in r.split(":")) for r in args.rules.split(",")]
     fixed = [48, 96, 144, 192, 288, most]
+    refits = set(fixed) | {n for f, e in rules for n in range(f, most + 1, e)}  # every count a rule looks at
     rows = {}  # (sampling, rule label) -> [(jaccard, samples)]
 
     def first_agreement(tops, start, every) -> int:
@@ -302,7 +303,7 @@ def settle_study(name, films, args) -> None:
         for sampling in SAMPLINGS:
             for seed in range(args.settle_seeds):
                 ex, data, labels = lime_data(exact, image, seg, most, seed, sampling=sampling)
-                tops = {n: top(fit_weights(ex, data, labels, cls, n)) for n in range(16, most + 1, 16)}
+                tops = {n: top(fit_weights(ex, data, labels, cls, n)) for n in refits}
                 stops = {f"fixed {n}": n for n in fixed}
                 stops.update({f"from {f} every {e}": first_agreement(tops, f, e) for f, e in rules})
                 for rule, n in stops.items():
@@ -325,7 +326,7 @@ def main(argv=None) -> int:
     p.add_argument("--ref-films", type=int, default=None, help="films the 1000-sample reference is timed on (default 2; quick 1)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="also sweep superpixel and sample counts")
-    p.add_argument("--settle-study", action="store_true", help="only compare rules for when to stop sampling")
+    p.add_argument("--settle-study", action="store_true", help="only compare samplings and rules for when to stop sampling")
     p.add_argument("--settle-seeds", type=int, default=3, help="--settle-study: runs per film and sampling")
     p.add_argument("--rules", default="144:48,96:48,96:32,64:32,128:32",
                    help="--settle-study: stopping rules as FROM:EVERY, comma-separated")
