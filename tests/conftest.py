@@ -1,6 +1,7 @@
 """Test-wide setup: headless Qt, and every test isolated from the user's real data folder and settings."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CXRVIEWER_DATA", str(home / "data"))
     monkeypatch.setenv("CXRVIEWER_SETTINGS_DIR", str(home / "settings"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _gui_thread_gc_per_test():
+    """A window's job runner switches Python's automatic collection off for the GUI-thread collector;
+    after the test (its widgets closed by then: autouse fixtures are torn down last) that garbage is
+    collected here, on the main thread, and automatic collection is back for the tests that follow."""
+    yield
+    module = sys.modules.get("cxrviewer.gui.gui_thread_gc")
+    if module is not None:
+        module.uninstall()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
+from cxrviewer.gui.gui_thread_gc import install as install_gui_thread_gc
+
 log = logging.getLogger(__name__)
 
 
@@ -133,6 +135,7 @@ class JobRunner(QObject):
 
     def __init__(self, parent: Optional[QObject] = None, max_threads: int = 2):
         super().__init__(parent)
+        install_gui_thread_gc()  # workers must never run the cycle collector on Qt garbage (see gui_thread_gc)
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max(1, max_threads))
         self._generation: dict = {}
