@@ -387,6 +387,24 @@ class Predictor:
                 logits = run(chunk)
         return logits
 
+    def verify_fast(self, x) -> Optional[float]:
+        """Check reduced precision against the exact path on these inputs now, and drop it for this
+        predictor if it fails (see :meth:`_check_reduced`); -> the largest probability difference, or None
+        when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with every
+        film's unperturbed image before sampling (one exact forward against a hundred or more fast ones):
+        the first check, on the first film explained, cannot speak for a film whose features bf16 rounds
+        differently."""
+        t = self._as_batch(x)
+        with self.lock:
+            return self._guarded(lambda dev: self._verify_fast(dev, t))
+
+    def _verify_fast(self, dev: torch.device, t: torch.Tensor) -> Optional[float]:
+        run, _ = self._fast_runner(dev, None)
+        if not self._fast[1]:
+            return None
+        self._check_reduced(dev, t, run(t))
+        return self.fast_reduced_error
+
     def _check_reduced(self, dev: torch.device, chunk: torch.Tensor, logits: torch.Tensor) -> bool:
         """Compare reduced-precision results with the exact path on (up to) four of the inputs actually
         being explained. How much bf16 rounding moves a probability depends on the network and on how

@@ -175,6 +175,29 @@ def test_fast_path_drops_bf16_that_would_break_the_tolerance():
     assert np.abs(pr.fast_predict_batch(x, bf16=True) - exact).max() <= FAST_TOLERANCE
 
 
+def test_lime_checks_bf16_on_every_film_and_drops_it_on_one_it_fails(monkeypatch):
+    """bf16's check on the first film explained cannot speak for the next: this network saturates on a
+    noise film (bf16 exact there) and swings on a chest-like one. LIME checks each film's unperturbed
+    image first, so the second film is explained in fp32, and the predictor keeps fp32 from then on."""
+    from cxrviewer import inference
+    from cxrviewer.explain import LimeSettings, explain_lime
+
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)  # as on AMX machines; emulated elsewhere
+    pr = _predictor(TINY, seed=4)
+    settings = LimeSettings(num_samples=48, settle_from=0)
+    noise = np.random.default_rng(0).integers(0, 256, (300, 260)).astype(np.uint8)
+    first = explain_lime(pr, noise, None, settings)
+    assert first.settings["fast_error"] <= FAST_TOLERANCE / 2 and "autocast" in pr.prepare_fast()
+    film = chest_like(seed=100)
+    second = explain_lime(pr, film, None, settings)
+    assert second.settings["fast_error"] > FAST_TOLERANCE / 2
+    assert "autocast" not in pr.prepare_fast() and not pr.fast_uses_bf16()
+    exact = pr.predict_batch(preprocess_gray(film, pr.spec)[0][None])[0]
+    assert second.probability == pytest.approx(exact[second.class_index], abs=1e-4)  # sampled in fp32
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
+    assert explain_lime(pr, film, None, settings).settings["fast_error"] is None  # fp32: nothing to check
+
+
 def test_bf16_path_folds_batch_norm_in_fp32_and_stays_exact_in_fp32():
     # The bf16 copy has its batch norms folded into the convolutions (in fp32, before any rounding): run
     # in fp32 the folded copy must give the network's own outputs.

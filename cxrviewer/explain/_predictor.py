@@ -105,6 +105,13 @@ def batch_fn_of(predictor, fast: bool = True, batch_size: Optional[int] = None) 
     return _model_batch_fn(model_of(predictor), device_of(predictor))
 
 
+def verify_fast_of(predictor, x: np.ndarray, fast: bool = True) -> Optional[float]:
+    """Have a Predictor check its fast path's reduced precision on this film (``Predictor.verify_fast``);
+    None for anything else, or when it runs in fp32."""
+    verify = getattr(predictor, "verify_fast", None) if fast else None
+    return verify(x) if callable(verify) else None
+
+
 def _model_batch_fn(model, device) -> Callable:
     import torch
 

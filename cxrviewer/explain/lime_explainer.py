@@ -292,6 +292,8 @@ def explain_lime(
     elif segments.shape != square.shape:
         raise ValueError(f"segments {segments.shape} do not match the model input {square.shape}")
     check_cancel()
+    # bf16 is checked on this film, not only on the first one explained; a film it fails turns it off
+    fast_error = P.verify_fast_of(predictor_or_fn, normalise(square[None], spec), fast)
 
     done = [0]
     first_probs = []  # the unperturbed image's probabilities (lime's first sample keeps every superpixel)
@@ -378,6 +380,7 @@ def explain_lime(
     result = build(lime_exp.local_exp[class_index], first_probs[0], coarse=False)
     result.score = float(lime_exp.score)
     result.settings["samples_used"] = int(done[0])
+    result.settings["fast_error"] = fast_error  # reduced precision's max |Δp| on this film (None: fp32)
     pred0 = getattr(lime_exp, "local_pred", None)
     result.settings["local_pred"] = float(np.ravel(pred0)[0]) if pred0 is not None else None
     return result
