@@ -61,14 +61,15 @@ class GuiThreadCollector(QObject):
 _active: Optional[GuiThreadCollector] = None
 
 
-def install() -> GuiThreadCollector:
-    """Collect on the GUI thread from now on (idempotent). Call on the GUI thread, with the application
-    created; the collector belongs to the application and lives as long as it does."""
+def install() -> Optional[GuiThreadCollector]:
+    """Collect on the GUI thread from now on (idempotent). Call on the GUI thread; the collector belongs to
+    the application and lives as long as it does. Without an application there is no event loop to run
+    the timer, so automatic collection is left on (None)."""
     global _active
     if _active is None:
         app = QCoreApplication.instance()
         if app is None:
-            raise RuntimeError("install() needs the QApplication to exist")
+            return None
         _active = GuiThreadCollector(app)
         _active.start()
     return _active
