@@ -29,7 +29,7 @@ class OverlaySettings:
     opacity: float = 0.45  # 0..1, at the strongest point of the map
     threshold: float = 0.2  # 0..1 of the map's peak; below it the film shows through untouched
     visible: bool = True
-    outline_top: int = 5  # LIME: outline this many of the strongest supporting superpixels (0: none)
+    outline_top: int = 5  # LIME: outline up to this many of the strongest supporting superpixels (0: none)
     outline_rgb: tuple = (255, 235, 0)
     outline_negative: bool = False  # LIME: also outline the strongest opposing superpixels (in cyan)
 
@@ -120,9 +120,9 @@ def render_overlay(expl, film_image: np.ndarray, settings: OverlaySettings = Ove
     out = composite(base, explanation_rgba(expl, settings, shape))
     if expl.signed and expl.segments is not None:
         if settings.outline_top > 0:
-            _outline(out, _label_image(expl, expl.top_segments(settings.outline_top, True), shape), settings.outline_rgb)
+            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, True), shape), settings.outline_rgb)
         if settings.outline_negative and settings.outline_top > 0:
-            _outline(out, _label_image(expl, expl.top_segments(settings.outline_top, False), shape), (0, 230, 230))
+            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, False), shape), (0, 230, 230))
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cxrviewer import DISCLAIMER, __version__
+from cxrviewer.explain.types import MATERIAL_FRACTION
 
 METHOD_TITLES = {"lime": "LIME superpixels", "gradcam": "Grad-CAM", "attention": "Model attention"}
 REPORT_PIXELS = 1400  # longest side of the film images embedded in a report (keeps a PDF to a few MB)
@@ -132,7 +133,8 @@ def build_report_figure(
         notes.append(f"LIME: {s.get('samples_used', s.get('num_samples'))} samples ({s.get('sampling', 'independent')} "
                      f"sampling), {len(explanation.segment_weights)} superpixels "
                      f"({s.get('segmentation')}); red supports the class, blue opposes it; "
-                     f"the {s.get('num_features')} strongest supporting superpixels are outlined.{fit}")
+                     f"of the {s.get('num_features')} strongest supporting superpixels, those with at least "
+                     f"{MATERIAL_FRACTION:.0%} of the strongest one's weight are outlined.{fit}")
     elif explanation.method == "attention" and s.get("description"):
         notes.append(f"Attention: {s['description']}")
     elif explanation.method == "gradcam":

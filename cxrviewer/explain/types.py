@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 
 METHODS = ("lime", "gradcam", "attention")
+#: A LIME superpixel is outlined only if its weight is at least this fraction of the strongest one's.
+MATERIAL_FRACTION = 0.1
 
 
 class Cancelled(Exception):
@@ -79,6 +81,19 @@ class Explanation:
         order = np.argsort(-w if positive else w, kind="stable")
         chosen = [int(i) for i in order[:k]]
         return [i for i in chosen if (w[i] > 0 if positive else w[i] < 0)]
+
+    def outlined_segments(self, k: int, positive: bool = True) -> list:
+        """The superpixels an overlay outlines: of the ``k`` strongest (see :meth:`top_segments`), those
+        with at least :data:`MATERIAL_FRACTION` of the strongest one's weight. A network whose explanation
+        sits in two superpixels leaves the other places of a top five to weights a hundredth as large, in
+        an order no LIME run can pin down (cs_convnext, docs/benchmarks.md); outlining those would point
+        the reader at regions the model did not use."""
+        chosen = self.top_segments(k, positive)
+        if not chosen:
+            return []
+        w = np.abs(np.asarray(self.segment_weights, dtype=np.float64))
+        strongest = w[chosen[0]]
+        return [i for i in chosen if w[i] >= MATERIAL_FRACTION * strongest]
 
     def segment_mask(self, indices) -> np.ndarray:
         """Model-space float mask (1 inside the given superpixels), ready for ``Geometry.to_film``."""

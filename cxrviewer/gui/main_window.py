@@ -171,7 +171,7 @@ def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
         rgba = ov.lime_rgba(heat, request.opacity, request.threshold)
         if expl is not None and getattr(expl, "segments", None) is not None:
             try:
-                mask = expl.film_mask(expl.top_segments(5, True), heat.shape)
+                mask = expl.film_mask(expl.outlined_segments(5, True), heat.shape)
                 edges = mask ^ _erode(mask)
                 rgba[edges] = (255, 235, 0, 255)
             except Exception:  # noqa: BLE001  (outlines are a nicety)
