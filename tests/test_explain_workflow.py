@@ -319,10 +319,10 @@ def test_lime_fit_covariance_is_limes_fit_and_its_sampling_error():
 
 
 def test_only_superpixels_that_carry_weight_are_outlined():
-    """Of the five strongest supporting superpixels, one with a hundredth of the strongest weight is not
+    """Of the five strongest supporting superpixels, one with a hundredth of the largest weight is not
     outlined (its place in a top five is noise), in the exported overlay as in the viewer (both ask
-    ``outlined_segments``)."""
-    from cxrviewer.explain.types import Explanation
+    ``outlined_segments``); nor is a weak supporter when the map's largest weight opposes the class."""
+    from cxrviewer.explain.types import Explanation, outlined_indices
     from cxrviewer.preprocess import fit_to_square
 
     gray = np.full((224, 224), 120, np.uint8)
@@ -340,3 +340,6 @@ def test_only_superpixels_that_carry_weight_are_outlined():
     outline = np.all(out == np.array(OverlaySettings().outline_rgb, np.uint8), axis=-1)
     outlined = set(np.unique(segments[outline]).tolist())
     assert {5, 6, 9} <= outlined and not outlined & {10, 3, 0, 15}  # neighbours' edges may touch, not these
+    opposed = expl.segment_weights.copy()
+    opposed[[5, 6, 9]] = 0.0  # nothing much supports the class; one superpixel strongly opposes it
+    assert outlined_indices(opposed, 5) == [] and outlined_indices(opposed, 5, positive=False) == [12]

@@ -134,7 +134,7 @@ def build_report_figure(
                      f"sampling), {len(explanation.segment_weights)} superpixels "
                      f"({s.get('segmentation')}); red supports the class, blue opposes it; "
                      f"of the {s.get('num_features')} strongest supporting superpixels, those with at least "
-                     f"{MATERIAL_FRACTION:.0%} of the strongest one's weight are outlined.{fit}")
+                     f"{MATERIAL_FRACTION:.0%} of the largest weight are outlined.{fit}")
     elif explanation.method == "attention" and s.get("description"):
         notes.append(f"Attention: {s['description']}")
     elif explanation.method == "gradcam":

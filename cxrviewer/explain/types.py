@@ -16,8 +16,26 @@ from typing import Optional
 import numpy as np
 
 METHODS = ("lime", "gradcam", "attention")
-#: A LIME superpixel is outlined only if its weight is at least this fraction of the strongest one's.
+#: A LIME superpixel is outlined only if its weight is at least this fraction of the largest in the map.
 MATERIAL_FRACTION = 0.1
+
+
+def outlined_indices(weights, k: int, positive: bool = True) -> list:
+    """Of the ``k`` superpixels pushing hardest towards (``positive``) or against the class, those whose
+    weight is at least :data:`MATERIAL_FRACTION` of the largest weight of either sign.
+
+    Why not simply the top ``k``: a network whose explanation sits in two superpixels leaves the other
+    places of a top five to weights a hundredth as large, in an order no LIME run can pin down
+    (cs_convnext, docs/benchmarks.md), and a class that nothing supports much, only opposes, has a "top
+    five" of noise; outlining those would point the reader at regions the model did not use. The bench
+    scores agreement on these sets (``bench_explain.jaccard_material``)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        return []
+    floor = MATERIAL_FRACTION * float(np.abs(w).max())
+    signed = w if positive else -w
+    order = np.argsort(-signed, kind="stable")[:k]
+    return [int(i) for i in order if signed[i] > 0 and signed[i] >= floor]
 
 
 class Cancelled(Exception):
@@ -83,17 +101,8 @@ class Explanation:
         return [i for i in chosen if (w[i] > 0 if positive else w[i] < 0)]
 
     def outlined_segments(self, k: int, positive: bool = True) -> list:
-        """The superpixels an overlay outlines: of the ``k`` strongest (see :meth:`top_segments`), those
-        with at least :data:`MATERIAL_FRACTION` of the strongest one's weight. A network whose explanation
-        sits in two superpixels leaves the other places of a top five to weights a hundredth as large, in
-        an order no LIME run can pin down (cs_convnext, docs/benchmarks.md); outlining those would point
-        the reader at regions the model did not use."""
-        chosen = self.top_segments(k, positive)
-        if not chosen:
-            return []
-        w = np.abs(np.asarray(self.segment_weights, dtype=np.float64))
-        strongest = w[chosen[0]]
-        return [i for i in chosen if w[i] >= MATERIAL_FRACTION * strongest]
+        """The superpixels an overlay outlines, see :func:`outlined_indices`."""
+        return [] if self.segment_weights is None else outlined_indices(self.segment_weights, k, positive)
 
     def segment_mask(self, indices) -> np.ndarray:
         """Model-space float mask (1 inside the given superpixels), ready for ``Geometry.to_film``."""
