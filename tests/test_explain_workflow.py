@@ -284,7 +284,7 @@ def test_orthogonal_sampling_finds_the_region_that_drives_the_model_with_few_sam
 
 
 def test_lime_fit_covariance_is_limes_fit_and_its_sampling_error():
-    """The closed-form fit behind the stopping rule's separation test gives lime's own weights, and its
+    """The closed-form fit behind the settle study's separation test gives lime's own weights, and its
     covariance is what repeated sampling shows: over 300 independent 200-row neighbourhoods of a model
     with interactions (misfit for a linear surrogate), the predicted variances match the observed."""
     from cxrviewer.explain.lime_explainer import (_lime_explainer_class, lime_fit, lime_fit_covariance,

@@ -241,7 +241,7 @@ def lime_fit_covariance(explainer, data: np.ndarray, labels: np.ndarray, label: 
     (weights (p,), covariance (p, p)). The covariance is the heteroscedasticity-robust sandwich
     ``A^-1 (sum w_i^2 r_i^2 x_i x_i^T) A^-1`` with ``A = X^T W X + I`` on weight-centred rows (the
     residuals of a local linear model are misfit, not noise of one size), scaled by n / (n - p - 1) for
-    the few rows a stopping rule looks at."""
+    the few rows a stopping rule looks at. Used by :func:`top_separation`."""
     import sklearn.metrics
 
     x = np.asarray(data, dtype=np.float64)
@@ -265,7 +265,10 @@ def top_separation(explainer, data: np.ndarray, labels: np.ndarray, label: int, 
     Why: two successive fits naming the same top five is a cheap sign that the ranking has settled, and
     on a network whose weights are well spread (the bundled model) it is a good one. On a network with
     near-ties at the fifth place, two noisy fits can agree by chance long before either agrees with a
-    long run; the weights' sampling error says which case this is.
+    long run; the weights' sampling error says which case this is. The settle study
+    (``bench_explain --settle-study``, rules ``F:E:Z``) scores stopping rules that ask for it; none is the
+    default, since on cs_convnext the near-ties are at noise level and those rules drew every sample
+    without agreeing better (docs/benchmarks.md, seventh session).
     """
     if np.asarray(data).shape[1] <= k:
         return float("inf")

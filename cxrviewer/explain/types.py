@@ -20,6 +20,14 @@ METHODS = ("lime", "gradcam", "attention")
 MATERIAL_FRACTION = 0.1
 
 
+def top_indices(weights, k: int, positive: bool = True) -> list:
+    """Indices of the ``k`` superpixels pushing hardest towards (``positive``) or against the class (only
+    those with a weight of that sign)."""
+    w = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(-w if positive else w, kind="stable")
+    return [int(i) for i in order[:k] if (w[i] > 0 if positive else w[i] < 0)]
+
+
 def outlined_indices(weights, k: int, positive: bool = True) -> list:
     """Of the ``k`` superpixels pushing hardest towards (``positive``) or against the class, those whose
     weight is at least :data:`MATERIAL_FRACTION` of the largest weight of either sign.
@@ -29,13 +37,11 @@ def outlined_indices(weights, k: int, positive: bool = True) -> list:
     (cs_convnext, docs/benchmarks.md), and a class that nothing supports much, only opposes, has a "top
     five" of noise; outlining those would point the reader at regions the model did not use. The bench
     scores agreement on these sets (``bench_explain.jaccard_material``)."""
-    w = np.asarray(weights, dtype=np.float64)
+    w = np.abs(np.asarray(weights, dtype=np.float64))
     if w.size == 0:
         return []
-    floor = MATERIAL_FRACTION * float(np.abs(w).max())
-    signed = w if positive else -w
-    order = np.argsort(-signed, kind="stable")[:k]
-    return [int(i) for i in order if signed[i] > 0 and signed[i] >= floor]
+    floor = MATERIAL_FRACTION * float(w.max())
+    return [i for i in top_indices(weights, k, positive) if w[i] >= floor]
 
 
 class Cancelled(Exception):
@@ -93,12 +99,7 @@ class Explanation:
 
     def top_segments(self, k: int, positive: bool = True) -> list:
         """Indices of the ``k`` superpixels pushing hardest towards (``positive``) or against the class."""
-        if self.segment_weights is None:
-            return []
-        w = np.asarray(self.segment_weights, dtype=np.float64)
-        order = np.argsort(-w if positive else w, kind="stable")
-        chosen = [int(i) for i in order[:k]]
-        return [i for i in chosen if (w[i] > 0 if positive else w[i] < 0)]
+        return [] if self.segment_weights is None else top_indices(self.segment_weights, k, positive)
 
     def outlined_segments(self, k: int, positive: bool = True) -> list:
         """The superpixels an overlay outlines, see :func:`outlined_indices`."""

@@ -79,9 +79,6 @@ def _qt_app():
     from cxrviewer.gui.theme import apply_theme
 
     apply_theme(app)
-    from cxrviewer.gui.gui_thread_gc import install as install_gui_thread_gc
-
-    install_gui_thread_gc()
     return app
 
 
