@@ -202,9 +202,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
     res = {"model": label, "films": len(films), "j_ref": [], "j_ours": [], "jm_ref": [], "jm_ours": [], "t_ours": [], "t_ref": [], "t_ours_ref": [],
            "n_seg_qs": [], "n_seg_ours": [], "samples": [], "tune": {}}
     for i, (path, gray) in enumerate(zip(films, grays)):
-        square, _ = fit_to_square(gray, spec.input_size, spec.resize)
-        image = np.repeat(square[:, :, None], 3, axis=2)
-        cls = int(pred.predict_gray(gray).top_index)
+        image, cls = model_image(gray, pred, spec)
         exact = exact_batched(gold_pred, spec)
 
         t0 = time.perf_counter()
@@ -306,7 +304,7 @@ def settle_study(name, films, args) -> None:
         for a, b in zip([None] + checks, checks):
             agreed = a is not None and tops[a] == tops[b]
             separated = z_min is None or zs[b] >= z_min
-            if separated and (agreed or (alone and z_min is not None)):
+            if separated and (agreed or alone):  # "alone" rules always have a z (parse_rule)
                 return b
         return most  # never settled: every sample is drawn
 
@@ -328,14 +326,15 @@ def settle_study(name, films, args) -> None:
             for seed in range(args.settle_seeds):
                 data, labels = run[f"data_{sampling}_{seed}"], run[f"labels_{sampling}_{seed}"]
                 ex = _lime_explainer_class()(random_state=seed)
-                tops = {n: top(fit_weights(ex, data, labels, cls, n)) for n in refits}
+                weights = {n: fit_weights(ex, data, labels, cls, n) for n in refits}
+                tops = {n: top(w) for n, w in weights.items()}
                 zs = ({n: top_separation(ex, data[:n], labels[:n], cls, TOP_K) for n in refits}
                       if any(r[2] is not None for r in rules) else {})
                 stops = {f"fixed {n}": n for n in fixed}
                 stops.update({rule_label(r): stop_at(tops, zs, r) for r in rules})
                 for rule, n in stops.items():
                     rows.setdefault((sampling, rule), []).append(
-                        (jaccard(tops[n], gold), jaccard_material(fit_weights(ex, data, labels, cls, n), run["gold"]), n))
+                        (jaccard(tops[n], gold), jaccard_material(weights[n], run["gold"]), n))
         print(f"  {path.parent.name}/{path.name}: {seg.max() + 1} superpixels, {time.perf_counter() - t0:.0f} s",
               flush=True)
     print(f"\n{name}: {len(films)} films x {args.settle_seeds} seeds, Jaccard@5 against a {args.gold}-sample "
@@ -370,16 +369,21 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
         return None
     size = Path(name).stat().st_size if name.endswith(".safetensors") else ""
     network_side = {k: v for k, v in settings.to_dict().items()  # not the stopping rule: it is simulated
-                    if k not in ("settle_from", "settle_every", "settle_z", "sampling", "coarse_samples", "batch_size")}
+                    if k not in ("settle_from", "settle_every", "sampling", "coarse_samples", "batch_size")}
     ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}"
     return Path(args.cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 
-def film_image(path, pred, spec) -> tuple:
-    """(model-input RGB image, class explained: the top one) for a film."""
-    gray = render(load_film(path))
+def model_image(gray, pred, spec) -> tuple:
+    """(model-input RGB image as lime sees it, class explained: the top one) for a rendered film."""
     square, _ = fit_to_square(gray, spec.input_size, spec.resize)
-    return np.repeat(square[:, :, None], 3, axis=2), np.int64(pred.predict_gray(gray).top_index)
+    return np.repeat(square[:, :, None], 3, axis=2), int(pred.predict_gray(gray).top_index)
+
+
+def save_cache(cached, run: dict) -> None:
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cached, **run)
 
 
 def reference_run(name, path, pred, exact, spec, args) -> dict:
@@ -389,15 +393,13 @@ def reference_run(name, path, pred, exact, spec, args) -> dict:
     cached = cache_file("reference", name, path, args, LimeSettings(segmentation="quickshift"))
     if cached is not None and cached.exists():
         return dict(np.load(cached))
-    image, cls = film_image(path, pred, spec)
+    image, cls = model_image(render(load_film(path)), pred, spec)
     seg = segment(image, LimeSettings(segmentation="quickshift"))
     ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
-    run = {"cls": cls, "seg": seg, "gold": fit_weights(ex, data, labels, int(cls))}
+    run = {"cls": cls, "seg": seg, "gold": fit_weights(ex, data, labels, cls)}
     ex, data, labels = lime_data(exact, image, seg, 1000, 0)
-    run["ref"] = fit_weights(ex, data, labels, int(cls))
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cached, **run)
+    run["ref"] = fit_weights(ex, data, labels, cls)
+    save_cache(cached, run)
     return run
 
 
@@ -406,11 +408,12 @@ def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dic
     and outputs of every (sampling, seed) run; read from ``--cache`` when an earlier study kept them."""
     cached = cache_file("settle", name, path, args, settings)
     run = dict(np.load(cached)) if cached is not None and cached.exists() else {}
+    before = set(run)
     if "gold" not in run:
-        image, run["cls"] = film_image(path, pred, spec)
+        image, run["cls"] = model_image(render(load_film(path)), pred, spec)
         run["seg"] = segment(image, settings)
         ex, data, labels = lime_data(exact, image, run["seg"], args.gold, GOLD_SEED)
-        run["gold"] = fit_weights(ex, data, labels, int(run["cls"]))
+        run["gold"] = fit_weights(ex, data, labels, run["cls"])
         run["image"] = image
     cls, seg, image = int(run["cls"]), run["seg"], run["image"]
     if args.with_reference and "ref1000" not in run:  # lime's own 1000 draws, on our segmentation
@@ -421,9 +424,8 @@ def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dic
             if f"data_{sampling}_{seed}" not in run:
                 _, data, labels = lime_data(exact, image, seg, settings.num_samples, seed, sampling=sampling)
                 run[f"data_{sampling}_{seed}"], run[f"labels_{sampling}_{seed}"] = data, labels
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cached, **run)
+    if set(run) != before:  # only what the network computed this time is written
+        save_cache(cached, run)
     run["cls"] = cls
     return run
 
