@@ -60,7 +60,8 @@ sys.path.insert(0, str(ROOT))
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
 from cxrviewer.explain.lime_explainer import (SAMPLINGS, LimeSettings, _lime_explainer_class, explain_lime,  # noqa: E402
                                               lime_fit, segment, top_separation)
-from cxrviewer.explain.types import MATERIAL_FRACTION as MATERIAL, NoAttention, outlined_indices  # noqa: E402
+from cxrviewer.explain.overlay import OverlaySettings  # noqa: E402
+from cxrviewer.explain.types import NoAttention, outline_floor, outlined_indices  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
 from cxrviewer.film.display import render  # noqa: E402
 from cxrviewer.preprocess import PreprocessSpec, fit_to_square, normalise  # noqa: E402
@@ -167,13 +168,18 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
+#: The outline floor at the viewer's default threshold: what the outlined-set Jaccard asks about.
+MATERIAL = outline_floor(OverlaySettings().threshold)
+
+
 def jaccard_material(w, gold) -> float:
-    """Jaccard of the superpixels the viewer would outline (``outlined_indices``: of the top five, those
-    with at least a tenth of the largest weight), ours against the gold's; 1 when neither outlines any.
+    """Jaccard of the superpixels the viewer outlines at its default threshold (``outlined_indices``: of
+    the top five, those with at least :data:`MATERIAL` of the largest weight), ours against the gold's;
+    1 when neither outlines any.
     Why next to Jaccard@5: a network whose explanation sits in two or three superpixels (cs_convnext one
     epoch in) leaves the 4th and 5th places to weights a hundredth of the first, whose order is noise for
     any run, lime's included; this asks only about the superpixels that matter, and that a reader sees."""
-    a, b = set(outlined_indices(w, TOP_K)), set(outlined_indices(gold, TOP_K))
+    a, b = set(outlined_indices(w, TOP_K, floor=MATERIAL)), set(outlined_indices(gold, TOP_K, floor=MATERIAL))
     return jaccard(a, b) if a | b else 1.0
 
 
@@ -279,7 +285,7 @@ def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
                 jaccard(top(fit_weights(ex, data, labels, cls, n)), top(gold_qs)))
 
 
-def settle_study(name, films, args) -> None:
+def settle_study(name, films, args, settings: LimeSettings) -> None:
     """Samplings and stopping rules against fixed sample counts: Jaccard@5 against an independent-sampling
     gold, and the samples each rule draws, on our segmentation, over ``--settle-seeds`` runs per film and
     sampling (the fits are lime's, on the first N rows of one run of ``num_samples`` rows, which is
@@ -287,14 +293,15 @@ def settle_study(name, films, args) -> None:
     every E after, and stops at the first refit naming the same top five as the one before; "F:E:Z" also
     asks that refit to separate its top five from the rest by Z standard errors (``top_separation``),
     and "F:E:Z:alone" asks only that. With ``--cache DIR`` the network's outputs (gold and every run) are
-    kept per film, so a second study with other rules costs seconds, not the network's time again."""
+    kept per film, so a second study with other rules costs seconds, not the network's time again.
+    ``settings`` carries ``--segments`` and ``--samples`` (the most a run draws)."""
     pred = build_predictor(name, [render(load_film(f)) for f in pick_films(12)[-8:]])
-    spec, settings = pred.spec, LimeSettings()
+    spec = pred.spec
     exact = exact_batched(pred, spec)
     most = settings.num_samples
     samplings = [v for v in args.samplings.split(",") if v]
     rules = [parse_rule(r) for r in args.rules.split(",")]
-    fixed = [48, 96, 144, 192, 288, most]
+    fixed = sorted({n for n in (48, 96, 144, 192, 288, 400) if n < most} | {most})
     refits = set(fixed) | {n for f, e, _, _ in rules for n in range(f, most + 1, e)}  # every count a rule looks at
     rows = {}  # (sampling, rule label) -> [(jaccard, samples)]
 
@@ -470,7 +477,7 @@ def main(argv=None) -> int:
     films = pick_films(args.ref_films if args.speed_only else args.films)
     if args.settle_study:
         for name in names:
-            settle_study(name.strip(), films, args)
+            settle_study(name.strip(), films, args, settings)
         return 0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; settings: {settings}", flush=True)
     rows = []

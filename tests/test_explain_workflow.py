@@ -336,10 +336,41 @@ def test_only_superpixels_that_carry_weight_are_outlined():
                        settings={"num_features": 5, "samples_used": 128, "segmentation": "slic"})
     assert expl.top_segments(5) == [5, 6, 9, 10, 3]
     assert expl.outlined_segments(5) == [5, 6, 9] and expl.outlined_segments(5, positive=False) == [12]
-    out = render_overlay(expl, gray, OverlaySettings(opacity=0.0, outline_top=5))
+    out = render_overlay(expl, gray, OverlaySettings(opacity=0.0, threshold=0.05, outline_top=5))
     outline = np.all(out == np.array(OverlaySettings().outline_rgb, np.uint8), axis=-1)
     outlined = set(np.unique(segments[outline]).tolist())
     assert {5, 6, 9} <= outlined and not outlined & {10, 3, 0, 15}  # neighbours' edges may touch, not these
     opposed = expl.segment_weights.copy()
     opposed[[5, 6, 9]] = 0.0  # nothing much supports the class; one superpixel strongly opposes it
     assert outlined_indices(opposed, 5) == [] and outlined_indices(opposed, 5, positive=False) == [12]
+
+
+def test_outlines_follow_the_colour_threshold():
+    """A reader who raises the threshold slider hides weak superpixels; their outlines go with them, so
+    every outlined superpixel is also coloured (a weight between the outline floor and the threshold was
+    outlined on bare film before). In the viewer's overlay as in the exported one."""
+    from cxrviewer.explain.types import Explanation, outline_floor
+    from cxrviewer.gui.main_window import overlay_rgba
+    from cxrviewer.gui.viewmath import HeatmapRequest
+    from cxrviewer.preprocess import fit_to_square
+
+    gray = np.full((224, 224), 120, np.uint8)
+    _, geo = fit_to_square(gray, 224, "squash")
+    segments = (np.arange(224)[:, None] // 56 * 4 + np.arange(224)[None, :] // 56).astype(np.int32)
+    weights = np.zeros(16, np.float32)
+    weights[[5, 6, 9, 10]] = [0.4, 0.2, 0.06, 0.03]  # 1, 0.5, 0.15 and 0.075 of the largest
+    expl = Explanation(method="lime", class_index=1, class_name="Pneumonia", model_map=weights[segments],
+                       geometry=geo, segments=segments, segment_weights=weights,
+                       settings={"num_features": 5, "samples_used": 128, "segmentation": "slic"})
+    yellow = np.array(OverlaySettings().outline_rgb, np.uint8)
+    for threshold, expected in ((0.0, {5, 6, 9}), (0.12, {5, 6, 9}), (0.2, {5, 6}), (0.6, {5})):
+        assert outline_floor(threshold) == max(0.1, threshold)
+        settings = OverlaySettings(opacity=0.5, threshold=threshold, outline_top=5)
+        drawn = [np.all(render_overlay(expl, gray, settings) == yellow, axis=-1),
+                 np.all(overlay_rgba(expl, expl.film_map(), True, HeatmapRequest(threshold=threshold))[..., :3]
+                        == yellow, axis=-1)]
+        fill = render_overlay(expl, gray, settings.with_(outline_top=0)) != gray[..., None]
+        for outline in drawn:
+            outlined = set(np.unique(segments[outline]).tolist())  # outlines lie on a superpixel's inner edge
+            assert outlined == expected, (threshold, outlined)
+            assert all(fill[segments == i].any() for i in outlined)

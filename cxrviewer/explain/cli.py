@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     from cxrviewer.explain.lime_explainer import LimeSettings
     from cxrviewer.explain.overlay import OverlaySettings, render_overlay, side_by_side
     from cxrviewer.explain.report import save_overlay_png, save_report
+    from cxrviewer.explain.types import outline_floor
     from cxrviewer.film import FilmError, load_film
     from cxrviewer.film.display import render
 
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
             legend = None if result.signed else f"colour map: {args.colormap}, threshold {args.threshold:.2f}"
             save_report(args.report, image, overlay, result, prediction, model_name=predictor.display_name,
                         model_version=str(predictor.card.get("version", "")), film=film,
-                        include_identifiers=args.include_identifiers, legend=legend)
+                        include_identifiers=args.include_identifiers, legend=legend,
+                        outline_floor=outline_floor(overlay_settings.threshold))
     except OSError as e:
         _err(f"Cannot write {e.filename or out}: {e.strerror or e}")
         return 1

@@ -74,7 +74,8 @@ class LimeSettings:
     independent draws with that rule 192 for 0.90. ``settle_from=0`` always draws ``num_samples``.
 
     ``num_features`` is how many of the strongest superpixels are reported, and the most outlined (those
-    with a tenth of the largest weight, ``outlined_indices``); lime itself is always asked
+    coloured at the overlay's threshold, and with at least a tenth of the largest weight,
+    ``outlined_indices``); lime itself is always asked
     for every superpixel's weight so the map shows the whole picture.
     """
 

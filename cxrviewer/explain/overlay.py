@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from cxrviewer.explain.types import outline_floor
+
 COLORMAPS = ("jet", "inferno", "viridis", "magma", "plasma", "turbo", "hot")
 POSITIVE_RGB = (230, 25, 25)
 NEGATIVE_RGB = (30, 80, 235)
@@ -119,10 +121,13 @@ def render_overlay(expl, film_image: np.ndarray, settings: OverlaySettings = Ove
     shape = base.shape[:2]
     out = composite(base, explanation_rgba(expl, settings, shape))
     if expl.signed and expl.segments is not None:
+        floor = outline_floor(settings.threshold)
         if settings.outline_top > 0:
-            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, True), shape), settings.outline_rgb)
+            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, True, floor), shape),
+                     settings.outline_rgb)
         if settings.outline_negative and settings.outline_top > 0:
-            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, False), shape), (0, 230, 230))
+            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, False, floor), shape),
+                     (0, 230, 230))
     return out
 
 

@@ -82,8 +82,10 @@ def build_report_figure(
     include_identifiers: bool = False,
     date: Optional[_dt.datetime] = None,
     legend: Optional[str] = None,
+    outline_floor: float = MATERIAL_FRACTION,
 ):
-    """The report page as a matplotlib Figure (A4 portrait)."""
+    """The report page as a matplotlib Figure (A4 portrait). ``outline_floor``: the one the overlay's
+    outlines were drawn with (``types.outline_floor`` of its threshold), so the notes describe them."""
     from matplotlib.figure import Figure
 
     date = date or _dt.datetime.now().astimezone()
@@ -134,7 +136,7 @@ def build_report_figure(
                      f"sampling), {len(explanation.segment_weights)} superpixels "
                      f"({s.get('segmentation')}); red supports the class, blue opposes it; "
                      f"of the {s.get('num_features')} strongest supporting superpixels, those with at least "
-                     f"{MATERIAL_FRACTION:.0%} of the largest weight are outlined.{fit}")
+                     f"{outline_floor:.0%} of the largest weight are outlined.{fit}")
     elif explanation.method == "attention" and s.get("description"):
         notes.append(f"Attention: {s['description']}")
     elif explanation.method == "gradcam":

@@ -28,9 +28,10 @@ def top_indices(weights, k: int, positive: bool = True) -> list:
     return [int(i) for i in order[:k] if (w[i] > 0 if positive else w[i] < 0)]
 
 
-def outlined_indices(weights, k: int, positive: bool = True) -> list:
+def outlined_indices(weights, k: int, positive: bool = True, floor: float = MATERIAL_FRACTION) -> list:
     """Of the ``k`` superpixels pushing hardest towards (``positive``) or against the class, those whose
-    weight is at least :data:`MATERIAL_FRACTION` of the largest weight of either sign.
+    weight is at least ``floor`` (:data:`MATERIAL_FRACTION` unless the overlay hides more, see
+    :func:`outline_floor`) of the largest weight of either sign.
 
     Why not simply the top ``k``: a network whose explanation sits in two superpixels leaves the other
     places of a top five to weights a hundredth as large, in an order no LIME run can pin down
@@ -40,8 +41,15 @@ def outlined_indices(weights, k: int, positive: bool = True) -> list:
     w = np.abs(np.asarray(weights, dtype=np.float64))
     if w.size == 0:
         return []
-    floor = MATERIAL_FRACTION * float(w.max())
-    return [i for i in top_indices(weights, k, positive) if w[i] >= floor]
+    least = max(float(floor), 0.0) * float(w.max())
+    return [i for i in top_indices(weights, k, positive) if w[i] >= least]
+
+
+def outline_floor(threshold: float) -> float:
+    """The outline floor for an overlay drawn with colour ``threshold`` (a fraction of the map's peak):
+    never below :data:`MATERIAL_FRACTION`, and never below the threshold either, so a superpixel the
+    overlay leaves uncoloured is not outlined as if it mattered."""
+    return max(MATERIAL_FRACTION, float(threshold))
 
 
 class Cancelled(Exception):
@@ -101,9 +109,9 @@ class Explanation:
         """Indices of the ``k`` superpixels pushing hardest towards (``positive``) or against the class."""
         return [] if self.segment_weights is None else top_indices(self.segment_weights, k, positive)
 
-    def outlined_segments(self, k: int, positive: bool = True) -> list:
+    def outlined_segments(self, k: int, positive: bool = True, floor: float = MATERIAL_FRACTION) -> list:
         """The superpixels an overlay outlines, see :func:`outlined_indices`."""
-        return [] if self.segment_weights is None else outlined_indices(self.segment_weights, k, positive)
+        return [] if self.segment_weights is None else outlined_indices(self.segment_weights, k, positive, floor)
 
     def segment_mask(self, indices) -> np.ndarray:
         """Model-space float mask (1 inside the given superpixels), ready for ``Geometry.to_film``."""

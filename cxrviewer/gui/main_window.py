@@ -171,7 +171,8 @@ def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
         rgba = ov.lime_rgba(heat, request.opacity, request.threshold)
         if expl is not None and getattr(expl, "segments", None) is not None:
             try:
-                mask = expl.film_mask(expl.outlined_segments(5, True), heat.shape)
+                floor = ov.outline_floor(request.threshold)
+                mask = expl.film_mask(expl.outlined_segments(5, True, floor), heat.shape)
                 edges = mask ^ _erode(mask)
                 rgba[edges] = (255, 235, 0, 255)
             except Exception:  # noqa: BLE001  (outlines are a nicety)
@@ -205,9 +206,11 @@ def _export_overlay_job(ctx, path, gray, heat, request):  # worker thread
 def _export_report_job(ctx, path, film, gray, expl, request, prediction, model_name, version, include_ids):
     from cxrviewer.explain import render_overlay, save_report
 
+    from cxrviewer.explain.types import outline_floor
+
     overlay = render_overlay(expl, gray, _overlay_settings(request))
     return str(save_report(path, gray, overlay, expl, prediction, model_name=model_name, model_version=version,
-                           film=film, include_identifiers=include_ids))
+                           film=film, include_identifiers=include_ids, outline_floor=outline_floor(request.threshold)))
 
 
 class ReportDialog(QDialog):
