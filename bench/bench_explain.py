@@ -122,6 +122,14 @@ def build_predictor(name_or_path: str, calib_grays: list):
 # --- lime pieces ---------------------------------------------------------------------------------------
 
 
+def plain_copy(model):
+    """The network as plain eager PyTorch holds it (NCHW), for a reference: a Predictor may keep its own
+    copy channels-last (``CXRModel.exact_channels_last``), which is part of what is being measured."""
+    import copy
+
+    return copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+
+
 def plain_predict(model, spec):
     """The reference's predict function: uint8 RGB batch -> fp32 eager softmax, NCHW."""
     def predict(imgs):
@@ -241,7 +249,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
         if i < args.ref_films:
             from lime import lime_image
 
-            model = pred.model
+            model = plain_copy(pred.model)
             t0 = time.perf_counter()
             lime_image.LimeImageExplainer().explain_instance(image, plain_predict(model, spec), num_samples=1000)
             res["t_ref"].append(time.perf_counter() - t0)

@@ -10,7 +10,8 @@
 For each network it measures, on the chosen device:
 - single-film latency (batch 1) and batch throughput (``--batch`` films in one call) of
   (a) plain eager: ``model(x)`` under ``torch.no_grad()``, fp32, NCHW: what timm/torchvision give you;
-  (b) the exact path ``Predictor.predict_batch`` (the probabilities the viewer displays);
+  (b) the exact path ``Predictor.predict_batch`` (the probabilities the viewer displays: fp32, the same
+      network, channels-last where the model asks for it, ``CXRModel.exact_channels_last``);
   (c) the fast path ``Predictor.fast_predict_batch`` (explanations);
 - the ratios against (a): exact time / eager time (target ≤ 1.0) and fast throughput / eager
   throughput (target ≥ 2.0);
@@ -100,10 +101,13 @@ def bench_one(name: str, device: torch.device, batch: int, repeats: int, bf16=No
         x1, xb = inputs(1), inputs(batch, seed=10)
     params = sum(p.numel() for p in model.parameters())
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    from bench_explain import plain_copy
+
+    plain = plain_copy(model)  # NCHW, as plain eager PyTorch runs it; the Predictor's may be channels-last
 
     def eager(x):
         with torch.no_grad():
-            out = model(x.to(device))
+            out = plain(x.to(device))
         sync()
         return out
 

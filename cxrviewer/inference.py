@@ -152,29 +152,40 @@ class Predictor:
 
     def _move_to(self, dev: torch.device) -> None:
         try:
-            self.model.to(dev)
-            self.device = dev
+            self._place(dev)
         except Exception as e:
             if dev.type == "cpu" or not _is_device_failure(e):
                 raise
             self._notice(f"Could not use {dev} ({_short(e)}); running on the CPU")
-            self.model.to("cpu")
-            self.device = torch.device("cpu")
+            self._place(torch.device("cpu"))
         self._fast, self._reduced_ok = None, None
+
+    def _place(self, dev: torch.device) -> None:
+        """Put the network on ``dev``, channels-last where the model asks for it
+        (``CXRModel.exact_channels_last``) and the device is a CPU or CUDA one (MPS's NHWC support
+        varies by operator); the exact path's inputs follow (:meth:`_exact_input`)."""
+        nhwc = dev.type in ("cpu", "cuda") and bool(getattr(self.model, "exact_channels_last", False))
+        self.memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        self.model.to(dev, memory_format=self.memory_format)
+        self.device = dev
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         self._notice(f"The GPU failed ({_short(exc)}); switched to the CPU for this model")
         self._fast, self._reduced_ok = None, None  # other hardware: check reduced precision afresh
         try:
-            self.model.to("cpu")
+            self._place(torch.device("cpu"))
         except Exception:  # a dead CUDA context can fail the copy back; reload from the file then
             if self.path is None:
                 raise
             self.model, _ = load_checkpoint(self.path, "cpu")
-        self.device = torch.device("cpu")
+            self._place(torch.device("cpu"))
 
     def _to_device(self, t: torch.Tensor, dev: torch.device) -> torch.Tensor:
         return t.to(dev, non_blocking=dev.type == "cuda")
+
+    def _exact_input(self, t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """An exact-path input on ``dev`` in the network's memory format (see :meth:`_place`)."""
+        return self._to_device(t, dev).contiguous(memory_format=self.memory_format)
 
     def _guarded(self, fn):
         """Run ``fn(device)``; on a GPU failure move to the CPU and run it again there."""
@@ -227,7 +238,7 @@ class Predictor:
         with self.lock:
             def run(dev):
                 with torch.inference_mode():
-                    logits, pooled = self.model.forward_with_features(self._to_device(batch, dev))
+                    logits, pooled = self.model.forward_with_features(self._exact_input(batch, dev))
                     amap = self.model.attention_map()
                     return (logits.float().cpu(), pooled.float().cpu(),
                             None if amap is None else amap.float().cpu())
@@ -273,7 +284,7 @@ class Predictor:
 
                 def run(dev, chunk=chunk):
                     with torch.inference_mode():
-                        return self.model(self._to_device(chunk, dev)).float().cpu()
+                        return self.model(self._exact_input(chunk, dev)).float().cpu()
 
                 out.append(self._guarded(run))
         logits = torch.cat(out) if out else torch.zeros((0, len(self.classes)))
@@ -413,7 +424,7 @@ class Predictor:
         checked; a network that fails keeps the fp32 fast path (still channels-last, traced)."""
         k = min(4, chunk.shape[0])
         with torch.inference_mode():
-            exact = self.model(self._to_device(chunk[:k], dev)).float().cpu()
+            exact = self.model(self._exact_input(chunk[:k], dev)).float().cpu()
         diff = float(np.abs(softmax64(exact.numpy(), self.temperature)
                             - softmax64(logits[:k].numpy(), self.temperature)).max())
         self._reduced_ok = diff <= FAST_TOLERANCE / 2

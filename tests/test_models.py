@@ -336,3 +336,34 @@ def test_gradcam_layer_takes_full_backward_hooks(name):
         model.zero_grad(set_to_none=True)
     assert got["act"].dim() == 4 and got["grad"].shape == got["act"].shape
     assert got["grad"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION | BASELINES))
+def test_exact_path_is_plain_eager_in_the_models_memory_format(name):
+    """The Predictor runs a network channels-last when the model asks for it (every architecture but the
+    ConvNeXt ones, which gain nothing: see ``CXRModel.exact_channels_last``), for speed; the probabilities
+    and the attention map it displays stay those of plain NCHW eager fp32, to rounding."""
+    import copy
+
+    import numpy as np
+
+    from cxrviewer.checkpoint import card_defaults
+    from cxrviewer.inference import Predictor
+    from cxrviewer.preprocess import fit_to_square
+
+    plain = _model(name)
+    pred = Predictor(copy.deepcopy(plain), card_defaults(plain, ["a", "b", "c"], name=name), "cpu")
+    nhwc = name not in ("cs_convnext", "convnext_tiny")
+    assert pred.model.exact_channels_last is nhwc
+    conv = next(m for m in pred.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = torch.softmax(plain(x), dim=1).numpy()
+        ref_map = plain.attention_map()
+    np.testing.assert_allclose(pred.predict_batch(x), ref, atol=1e-5)
+    one = pred.predict_input(x[1], fit_to_square(np.zeros((224, 224), np.uint8), 224, "squash")[1])
+    np.testing.assert_allclose(one.probs, ref[1], atol=1e-5)
+    if ref_map is not None:
+        np.testing.assert_allclose(one.attention, ref_map[1].reshape(one.attention.shape).numpy(), rtol=1e-4, atol=1e-5)

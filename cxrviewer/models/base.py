@@ -13,6 +13,10 @@ the five attention networks and the plain baselines alike.
   (the fast copy used for LIME scores hundreds of perturbed films and never shows their attention;
   MobileNet-Lung's 112×112 map costs ~7% of a pass, the CS blocks' received attention a reduction over
   every affinity matrix).
+- ``exact_channels_last``: whether the Predictor runs this network channels-last (NHWC) on the exact
+  path too. Same fp32 arithmetic (probabilities within ~1e-7), but oneDNN's NHWC convolutions made the
+  exact path 0.5–0.9 of plain eager on the CPU for every architecture except the ConvNeXt ones, whose
+  blocks permute to NHWC for their LayerNorms anyway and gained nothing (1.0–1.07, so they stay NCHW).
 - ``gradcam_layer()`` names the module Grad-CAM should hook (``gradcam_layers()``: one per branch).
 - ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
   rebuild exactly the same network.
@@ -29,6 +33,7 @@ from torch import nn
 class CXRModel(nn.Module):
     attention_description: str = ""
     attention_low_level: bool = False
+    exact_channels_last: bool = True
 
     @property
     def records_attention(self) -> bool:

@@ -105,7 +105,9 @@ def resnet50(num_classes: int = 3, pretrained=None) -> TimmClassifier:
 
 @register_model("convnext_tiny", "ConvNeXt-T (timm), plain baseline of CS-ConvNeXt (seed 000)", paper="000")
 def convnext_tiny(num_classes: int = 3, pretrained=None) -> TimmClassifier:
-    return TimmClassifier("convnext_tiny", num_classes, pretrained, gradcam_path="stages.3")
+    model = TimmClassifier("convnext_tiny", num_classes, pretrained, gradcam_path="stages.3")
+    model.exact_channels_last = False  # NHWC gains nothing on a ConvNeXt (see CXRModel)
+    return model
 
 
 @register_model("densenet121", "DenseNet-121 (timm), plain baseline (seeds 002, 003, 004)", paper="003")

@@ -41,6 +41,7 @@ _WIDTHS = (96, 192, 384)
 
 
 class CSConvNeXt(CXRModel):
+    exact_channels_last = False  # a ConvNeXt: NHWC gains nothing (see CXRModel)
     attention_description = (
         "Self-attention received per position in the last CS block (14×14, before the last downsampling): "
         "how much the spatial branch gathered context from each place; 1 = an average share."
