@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
 from cxrviewer.explain.lime_explainer import (SAMPLINGS, LimeSettings, _lime_explainer_class, explain_lime,  # noqa: E402
-                                              lime_fit, segment, top_separation)
+                                              for_model, lime_fit, segment, top_separation)
 from cxrviewer.explain.overlay import OverlaySettings  # noqa: E402
 from cxrviewer.explain.types import NoAttention, outline_floor, outlined_indices  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
@@ -225,7 +225,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
         res["t_ours"].append(t_ours)
         res["samples"].append(ours.settings.get("samples_used", settings.num_samples))
 
-        seg_qs = segment(image, LimeSettings(segmentation="quickshift"))
+        seg_qs = segment(image, LIMES)
         seg_ours = ours.segments
         res["n_seg_qs"].append(int(seg_qs.max()) + 1)
         res["n_seg_ours"].append(int(seg_ours.max()) + 1)
@@ -304,7 +304,7 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
     kept per film, so a second study with other rules costs seconds, not the network's time again.
     ``settings`` carries ``--segments`` and ``--samples`` (the most a run draws)."""
     pred = build_predictor(name, [render(load_film(f)) for f in pick_films(12)[-8:]])
-    spec = pred.spec
+    spec, settings = pred.spec, for_model(settings, pred)  # the cache key names the segmentation
     exact = exact_batched(pred, spec)
     most = settings.num_samples
     samplings = [v for v in args.samplings.split(",") if v]
@@ -383,6 +383,7 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
     if not args.cache:
         return None
     size = Path(name).stat().st_size if name.endswith(".safetensors") else ""
+    settings = for_model(settings, None)  # an open segmentation is the default one, as keys were written
     network_side = {k: v for k, v in settings.to_dict().items()  # not the stopping rule: it is simulated
                     if k not in ("settle_from", "settle_every", "sampling", "coarse_samples", "batch_size")}
     ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}"
@@ -401,15 +402,23 @@ def save_cache(cached, run: dict) -> None:
         np.savez_compressed(cached, **run)
 
 
+#: lime's default segmentation, as the reference uses it
+LIMES = LimeSettings(segmentation="quickshift")
+
+
+def segmentation_fields(settings: LimeSettings) -> tuple:
+    return settings.kernel_size, settings.max_dist, settings.ratio
+
+
 def reference_run(name, path, pred, exact, spec, args) -> dict:
     """lime's default for one film, as in :func:`bench_model`: weights of a 1000-sample run and of a
     ``--gold``-sample run (another seed), both on lime's quickshift segmentation; cached like
     :func:`settle_runs`."""
-    cached = cache_file("reference", name, path, args, LimeSettings(segmentation="quickshift"))
+    cached = cache_file("reference", name, path, args, LIMES)
     if cached is not None and cached.exists():
         return dict(np.load(cached))
     image, cls = model_image(render(load_film(path)), pred, spec)
-    seg = segment(image, LimeSettings(segmentation="quickshift"))
+    seg = segment(image, LIMES)
     ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
     run = {"cls": cls, "seg": seg, "gold": fit_weights(ex, data, labels, cls)}
     ex, data, labels = lime_data(exact, image, seg, 1000, 0)
@@ -424,16 +433,24 @@ def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dic
     cached = cache_file("settle", name, path, args, settings)
     run = dict(np.load(cached)) if cached is not None and cached.exists() else {}
     before = set(run)
+    limes = settings.segmentation == "quickshift" and segmentation_fields(settings) == segmentation_fields(LIMES)
     if "gold" not in run:
         image, run["cls"] = model_image(render(load_film(path)), pred, spec)
-        run["seg"] = segment(image, settings)
-        ex, data, labels = lime_data(exact, image, run["seg"], args.gold, GOLD_SEED)
-        run["gold"] = fit_weights(ex, data, labels, run["cls"])
+        if limes:  # lime's segmentation: the reference's gold (same seed) is this study's
+            ref = reference_run(name, path, pred, exact, spec, args)
+            run["seg"], run["gold"] = ref["seg"], ref["gold"]
+        else:
+            run["seg"] = segment(image, settings)
+            ex, data, labels = lime_data(exact, image, run["seg"], args.gold, GOLD_SEED)
+            run["gold"] = fit_weights(ex, data, labels, run["cls"])
         run["image"] = image
     cls, seg, image = int(run["cls"]), run["seg"], run["image"]
     if args.with_reference and "ref1000" not in run:  # lime's own 1000 draws, on our segmentation
-        ex, data, labels = lime_data(exact, image, seg, 1000, 0)
-        run["ref1000"] = fit_weights(ex, data, labels, cls)
+        if limes:
+            run["ref1000"] = reference_run(name, path, pred, exact, spec, args)["ref"]
+        else:
+            ex, data, labels = lime_data(exact, image, seg, 1000, 0)
+            run["ref1000"] = fit_weights(ex, data, labels, cls)
     for sampling in samplings:
         for seed in range(args.settle_seeds):
             if f"data_{sampling}_{seed}" not in run:
@@ -470,6 +487,8 @@ def main(argv=None) -> int:
                         "for 5000-sample golds on a CPU")
     p.add_argument("--samples", type=int, default=None, help="override our num_samples")
     p.add_argument("--segments", type=int, default=None, help="override our SLIC n_segments")
+    p.add_argument("--segmentation", choices=("slic", "quickshift", "felzenszwalb"), default=None,
+                   help="override our segmentation")
     p.add_argument("--tune-segments", default="20,30,50", help="SLIC n_segments values --tune sweeps")
     p.add_argument("--tune-samples", default="60,100,150,200,300,400", help="sample counts --tune sweeps")
     args = p.parse_args(argv)
@@ -480,7 +499,8 @@ def main(argv=None) -> int:
     args.ref_films = args.ref_films if args.ref_films is not None else (1 if q else 2)
     args.tune_segments = [int(v) for v in args.tune_segments.split(",")]
     args.tune_samples = [int(v) for v in args.tune_samples.split(",")]
-    overrides = {k: v for k, v in (("num_samples", args.samples), ("n_segments", args.segments)) if v}
+    overrides = {k: v for k, v in (("num_samples", args.samples), ("n_segments", args.segments),
+                                   ("segmentation", args.segmentation)) if v}
     settings = LimeSettings(**overrides)
     films = pick_films(args.ref_films if args.speed_only else args.films)
     if args.settle_study:

@@ -3,6 +3,7 @@ exports (no identifiers unless asked) and the ``cxrviewer explain`` command."""
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +375,37 @@ def test_outlines_follow_the_colour_threshold():
             outlined = set(np.unique(segments[outline]).tolist())  # outlines lie on a superpixel's inner edge
             assert outlined == expected, (threshold, outlined)
             assert all(fill[segments == i].any() for i in outlined)
+
+
+def test_lime_segments_as_the_model_asks_unless_the_reader_chooses(setup):
+    """A network can ask for another superpixel method (``CXRModel.lime_segmentation``; cs_convnext asks
+    for quickshift, because on SLIC its evidence sits in one to three superpixels); the reader's own
+    choice wins, and the explanation records the method used."""
+    from cxrviewer.explain.lime_explainer import DEFAULT_SEGMENTATION, for_model, segment
+
+    gray, spec, _, _ = setup
+    quick = LimeSettings(num_samples=48, coarse_samples=0, settle_from=0)
+    model = box_model_for(gray, REGION, spec)
+    results = {}
+    for asks in (None, "quickshift", "felzenszwalb"):
+        model.lime_segmentation = asks
+        results[asks] = explain_lime(FakePredictor(model, spec), gray, 1, quick)
+        method = asks or DEFAULT_SEGMENTATION
+        assert results[asks].settings["segmentation"] == method
+    # each explanation is cut by the method it names: the same film segmented that way gives its segments
+    from cxrviewer.preprocess import fit_to_square
+
+    square, _ = fit_to_square(gray, spec.input_size, spec.resize)
+    rgb = np.repeat(square[:, :, None], 3, axis=2)
+    for asks, expl in results.items():
+        np.testing.assert_array_equal(expl.segments, segment(rgb, replace(quick, segmentation=asks or "slic")))
+    assert not np.array_equal(results[None].segments, results["quickshift"].segments)
+    model.lime_segmentation = "quickshift"
+    mine = explain_lime(FakePredictor(model, spec), gray, 1, replace(quick, segmentation="slic"))
+    assert mine.settings["segmentation"] == "slic"
+    np.testing.assert_array_equal(mine.segments, results[None].segments)
+    assert for_model(quick, lambda x: x).segmentation == DEFAULT_SEGMENTATION  # a plain function asks nothing
+    from cxrviewer.models.cs_convnext import CSConvNeXt
+    from cxrviewer.models.mobilenet_lung import MobileNetV2Classifier
+
+    assert CSConvNeXt.lime_segmentation == "quickshift" and MobileNetV2Classifier.lime_segmentation is None

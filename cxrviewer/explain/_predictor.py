@@ -43,6 +43,12 @@ def model_of(predictor):
     return model if model is not None else predictor
 
 
+def lime_segmentation_of(predictor) -> Optional[str]:
+    """The superpixel method the model asks LIME to use (``CXRModel.lime_segmentation``), or None."""
+    method = getattr(model_of(predictor), "lime_segmentation", None)
+    return method if isinstance(method, str) else None
+
+
 def class_names_of(predictor, num_classes: Optional[int] = None) -> list:
     names = getattr(predictor, "classes", None) or getattr(predictor, "class_names", None)
     if not names:

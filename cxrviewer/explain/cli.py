@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampling", choices=SAMPLINGS, default=d.sampling,
                    help="how superpixels are hidden: balanced blocks with complements (default), independent "
                         "draws with complements, or lime's own independent draws")
-    g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation)
+    g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation,
+                   help="superpixel method (default: the model's own; SLIC for most, quickshift for cs_convnext)")
     g.add_argument("--segments", type=int, default=d.n_segments, help=f"SLIC superpixels (default {d.n_segments})")
-    g.add_argument("--features", type=int, default=d.num_features, help="the most superpixels to outline (those with at least a tenth of the largest weight)")
+    g.add_argument("--features", type=int, default=d.num_features, help="the most superpixels to outline (those coloured at the threshold, and with at least a tenth of the largest weight)")
     g.add_argument("--seed", type=int, default=d.random_seed)
     g = p.add_argument_group("overlay")
     g.add_argument("--colormap", choices=COLORMAPS, default=o.colormap)

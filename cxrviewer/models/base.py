@@ -17,6 +17,9 @@ the five attention networks and the plain baselines alike.
   path too. Same fp32 arithmetic (probabilities within ~1e-7), but oneDNN's NHWC convolutions made the
   exact path 0.5–0.9 of plain eager on the CPU for every architecture except the ConvNeXt ones, whose
   blocks permute to NHWC for their LayerNorms anyway and gained nothing (1.0–1.07, so they stay NCHW).
+- ``lime_segmentation``: the superpixel method LIME uses on this network unless the reader chooses one
+  (None: the explainer's default, SLIC). A network whose evidence sits in a small region needs it cut
+  finer where it lies, or the rest of its top five is noise (CS-ConvNeXt, docs/benchmarks.md).
 - ``gradcam_layer()`` names the module Grad-CAM should hook (``gradcam_layers()``: one per branch).
 - ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
   rebuild exactly the same network.
@@ -34,6 +37,7 @@ class CXRModel(nn.Module):
     attention_description: str = ""
     attention_low_level: bool = False
     exact_channels_last: bool = True
+    lime_segmentation: Optional[str] = None
 
     @property
     def records_attention(self) -> bool:
