@@ -58,8 +58,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
-from cxrviewer.explain.lime_explainer import (SAMPLINGS, LimeSettings, _lime_explainer_class, explain_lime,  # noqa: E402
-                                              for_model, lime_fit, segment, top_separation)
+from cxrviewer.explain.lime_explainer import (SAMPLINGS, SEGMENTATIONS, LimeSettings,  # noqa: E402
+                                              _lime_explainer_class, explain_lime, for_model, lime_fit, segment,
+                                              top_separation)
 from cxrviewer.explain.overlay import OverlaySettings  # noqa: E402
 from cxrviewer.explain.types import NoAttention, outline_floor, outlined_indices  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
@@ -302,7 +303,7 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
     asks that refit to separate its top five from the rest by Z standard errors (``top_separation``),
     and "F:E:Z:alone" asks only that. With ``--cache DIR`` the network's outputs (gold and every run) are
     kept per film, so a second study with other rules costs seconds, not the network's time again.
-    ``settings`` carries ``--segments`` and ``--samples`` (the most a run draws)."""
+    ``settings`` carries ``--segmentation``, ``--segments`` and ``--samples`` (the most a run draws)."""
     pred = build_predictor(name, [render(load_film(f)) for f in pick_films(12)[-8:]])
     spec, settings = pred.spec, for_model(settings, pred)  # the cache key names the segmentation
     exact = exact_batched(pred, spec)
@@ -487,8 +488,8 @@ def main(argv=None) -> int:
                         "for 5000-sample golds on a CPU")
     p.add_argument("--samples", type=int, default=None, help="override our num_samples")
     p.add_argument("--segments", type=int, default=None, help="override our SLIC n_segments")
-    p.add_argument("--segmentation", choices=("slic", "quickshift", "felzenszwalb"), default=None,
-                   help="override our segmentation")
+    p.add_argument("--segmentation", choices=SEGMENTATIONS, default=None,
+                   help="override our segmentation (default: the model's own, see CXRModel.lime_segmentation)")
     p.add_argument("--tune-segments", default="20,30,50", help="SLIC n_segments values --tune sweeps")
     p.add_argument("--tune-samples", default="60,100,150,200,300,400", help="sample counts --tune sweeps")
     args = p.parse_args(argv)

@@ -205,7 +205,6 @@ def _export_overlay_job(ctx, path, gray, heat, request):  # worker thread
 
 def _export_report_job(ctx, path, film, gray, expl, request, prediction, model_name, version, include_ids):
     from cxrviewer.explain import render_overlay, save_report
-
     from cxrviewer.explain.types import outline_floor
 
     overlay = render_overlay(expl, gray, _overlay_settings(request))
