@@ -75,9 +75,9 @@ class LimeSettings:
 
     ``segmentation`` None lets the model choose (:func:`for_model`, ``CXRModel.lime_segmentation``): SLIC
     for all but cs_convnext, which asks for quickshift. On SLIC that network's evidence sits in one to
-    three superpixels and the rest of a top five is noise (four films, 3000-sample golds: Jaccard@5 0.61
-    with SLIC's ~20 superpixels, 0.74 with ~43, 0.83 on quickshift, lime-1000 0.92; ``bench_explain
-    --settle-study``).
+    three superpixels and the rest of a top five is noise (3000-sample golds, ``bench_explain
+    --settle-study``; four films: Jaccard@5 0.61 with SLIC's ~20 superpixels, 0.74 with ~43, 0.83 on
+    quickshift, lime-1000 0.92; eight films on quickshift: 0.92 at 142 samples, lime-1000 0.96).
 
     ``num_features`` is how many of the strongest superpixels are reported, and the most outlined (those
     coloured at the overlay's threshold, and with at least a tenth of the largest weight,

@@ -43,7 +43,8 @@ _WIDTHS = (96, 192, 384)
 class CSConvNeXt(CXRModel):
     exact_channels_last = False  # a ConvNeXt: NHWC gains nothing (see CXRModel)
     # LIME on quickshift (lime's default): on SLIC's ~20 superpixels its evidence sits in one to three and
-    # the rest of a top five is noise no run pins down (Jaccard@5 0.61; quickshift 0.83, docs/benchmarks.md)
+    # the rest of a top five is noise no run pins down (Jaccard@5 0.61 on SLIC, 0.83 on quickshift over
+    # the same four films; docs/benchmarks.md)
     lime_segmentation = "quickshift"
     attention_description = (
         "Self-attention received per position in the last CS block (14×14, before the last downsampling): "
