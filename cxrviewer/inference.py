@@ -282,11 +282,7 @@ class Predictor:
             for i in range(0, t.shape[0], max(1, int(batch_size))):
                 chunk = t[i : i + batch_size]
 
-                def run(dev, chunk=chunk):
-                    with torch.inference_mode():
-                        return self.model(self._exact_input(chunk, dev)).float().cpu()
-
-                out.append(self._guarded(run))
+                out.append(self._guarded(lambda dev, chunk=chunk: self._exact_logits(dev, chunk)))
         logits = torch.cat(out) if out else torch.zeros((0, len(self.classes)))
         self._check_finite(logits)
         return logits.numpy()
@@ -398,33 +394,44 @@ class Predictor:
                 logits = run(chunk)
         return logits
 
-    def verify_fast(self, x) -> Optional[float]:
+    def verify_fast(self, x, with_probs: bool = False):
         """Check reduced precision against the exact path on these inputs now, and drop it for this
         predictor if it fails (see :meth:`_check_reduced`); -> the largest probability difference, or None
         when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with every
         film's unperturbed image before sampling (one exact forward against a hundred or more fast ones):
         the first check, on the first film explained, cannot speak for a film whose features bf16 rounds
-        differently."""
+        differently. ``with_probs`` -> (that, the exact calibrated probabilities of ``x``): the check's own
+        exact forward, so an explainer told to explain the top class gets the one the reader is shown
+        without a forward of its own."""
         t = self._as_batch(x)
         with self.lock:
-            return self._guarded(lambda dev: self._verify_fast(dev, t))
+            error, exact = self._guarded(lambda dev: self._verify_fast(dev, t, with_probs))
+        if not with_probs:
+            return error
+        self._check_finite(exact)
+        return error, softmax64(exact.numpy(), self.temperature)
 
-    def _verify_fast(self, dev: torch.device, t: torch.Tensor) -> Optional[float]:
+    def _verify_fast(self, dev: torch.device, t: torch.Tensor, with_probs: bool):
         run, _ = self._fast_runner(dev, None)
-        if not self._fast[1]:
-            return None
-        self._check_reduced(dev, t, run(t))
-        return self.fast_reduced_error
+        reduced = bool(self._fast[1])
+        exact = self._exact_logits(dev, t) if reduced or with_probs else None
+        if reduced:
+            self._check_reduced(dev, t, run(t), exact)
+        return (self.fast_reduced_error if reduced else None), exact
 
-    def _check_reduced(self, dev: torch.device, chunk: torch.Tensor, logits: torch.Tensor) -> bool:
+    def _exact_logits(self, dev: torch.device, t: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(self._exact_input(t, dev)).float().cpu()
+
+    def _check_reduced(self, dev: torch.device, chunk: torch.Tensor, logits: torch.Tensor,
+                       exact: Optional[torch.Tensor] = None) -> bool:
         """Compare reduced-precision results with the exact path on (up to) four of the inputs actually
         being explained. How much bf16 rounding moves a probability depends on the network and on how
         much its features vary between films, which no fixed rule can know; measuring it on the real
         inputs makes the tolerance a guarantee. Half the tolerance is required, since only a sample is
         checked; a network that fails keeps the fp32 fast path (still channels-last, traced)."""
         k = min(4, chunk.shape[0])
-        with torch.inference_mode():
-            exact = self.model(self._exact_input(chunk[:k], dev)).float().cpu()
+        exact = self._exact_logits(dev, chunk[:k]) if exact is None else exact[:k]
         diff = float(np.abs(softmax64(exact.numpy(), self.temperature)
                             - softmax64(logits[:k].numpy(), self.temperature)).max())
         self._reduced_ok = diff <= FAST_TOLERANCE / 2

@@ -198,6 +198,30 @@ def test_lime_checks_bf16_on_every_film_and_drops_it_on_one_it_fails(monkeypatch
     assert explain_lime(pr, film, None, settings).settings["fast_error"] is None  # fp32: nothing to check
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_lime_takes_the_top_class_from_the_exact_check_without_a_forward_of_its_own(monkeypatch, bf16):
+    """Told no class, LIME explains the one the reader is shown on top (the exact path's), and learns it
+    from the exact forward the bf16 check makes anyway (fp32: one exact forward instead of a fast one):
+    every fast film is one of the samples."""
+    from cxrviewer import inference
+    from cxrviewer.explain import LimeSettings, explain_lime
+
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: bf16)
+    m = make_model(TINY, CLASSES3, seed=4, sharpen=6.0)
+    pr = Predictor(m, card_defaults(m, CLASSES3, name="t"), "cpu")
+    film = chest_like(seed=100)
+    exact_top = int(np.argmax(pr.predict_batch(preprocess_gray(film, pr.spec)[0][None])[0]))
+    fast_rows, exact_calls = [], []
+    fast_predict, exact_logits = pr.fast_predict_batch, pr._exact_logits
+    monkeypatch.setattr(pr, "fast_predict_batch", lambda x, **kw: fast_rows.append(len(x)) or fast_predict(x, **kw))
+    monkeypatch.setattr(pr, "_exact_logits", lambda dev, t: exact_calls.append(len(t)) or exact_logits(dev, t))
+    result = explain_lime(pr, film, None, LimeSettings(num_samples=48, settle_from=0))
+    assert result.class_index == exact_top
+    assert (result.settings["fast_error"] is not None) == bf16
+    assert exact_calls == [1]
+    assert sum(fast_rows) == result.settings["samples_used"] == 48
+
+
 def test_bf16_path_folds_batch_norm_in_fp32_and_stays_exact_in_fp32():
     # The bf16 copy has its batch norms folded into the convolutions (in fp32, before any rounding): run
     # in fp32 the folded copy must give the network's own outputs.

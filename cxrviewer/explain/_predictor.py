@@ -111,11 +111,14 @@ def batch_fn_of(predictor, fast: bool = True, batch_size: Optional[int] = None) 
     return _model_batch_fn(model_of(predictor), device_of(predictor))
 
 
-def verify_fast_of(predictor, x: np.ndarray, fast: bool = True) -> Optional[float]:
-    """Have a Predictor check its fast path's reduced precision on this film (``Predictor.verify_fast``);
-    None for anything else, or when it runs in fp32."""
+def verify_fast_of(predictor, x: np.ndarray, fast: bool = True):
+    """Have a Predictor check its fast path's reduced precision on this film (``Predictor.verify_fast``)
+    -> (the largest probability difference or None, the exact path's probabilities of ``x`` or None).
+    Anything but a Predictor, or ``fast`` False, gives (None, None)."""
     verify = getattr(predictor, "verify_fast", None) if fast else None
-    return verify(x) if callable(verify) else None
+    if not callable(verify):
+        return None, None
+    return verify(x, with_probs=True)
 
 
 def _model_batch_fn(model, device) -> Callable:

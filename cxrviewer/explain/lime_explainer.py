@@ -362,8 +362,10 @@ def explain_lime(
     elif segments.shape != square.shape:
         raise ValueError(f"segments {segments.shape} do not match the model input {square.shape}")
     check_cancel()
-    # bf16 is checked on this film, not only on the first one explained; a film it fails turns it off
-    fast_error = P.verify_fast_of(predictor_or_fn, normalise(square[None], spec), fast)
+    # bf16 is checked on this film, not only on the first one explained; a film it fails turns it off.
+    # The check's exact forward also gives the class a reader is shown as the top one.
+    x0 = normalise(square[None], spec)
+    fast_error, exact0 = P.verify_fast_of(predictor_or_fn, x0, fast)
 
     done = [0]
     first_probs = []  # the unperturbed image's probabilities (lime's first sample keeps every superpixel)
@@ -384,8 +386,7 @@ def explain_lime(
     explainer = explainer_cls(random_state=settings.random_seed)
     explainer.sampling = settings.sampling
     if class_index is None:
-        probs0 = classifier_fn(image[None])
-        done[0] = 0
+        probs0 = exact0 if exact0 is not None else batch_fn(x0)
         class_index = int(np.argmax(probs0[0]))
     model_name = P.model_name_of(predictor_or_fn) if not _is_plain_fn(predictor_or_fn) else ""
 
