@@ -325,7 +325,7 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
         return most  # never settled: every sample is drawn
 
     for path in films:
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), {k: len(v) for k, v in rows.items()}
         if args.with_reference:  # lime-1000 on quickshift against a gold on quickshift, as bench_model does
             ref = reference_run(name, path, pred, exact, spec, args)
             rows.setdefault(("independent", "lime-1000, quickshift"), []).append(
@@ -351,8 +351,10 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
                 for rule, n in stops.items():
                     rows.setdefault((sampling, rule), []).append(
                         (jaccard(tops[n], gold), jaccard_material(weights[n], run["gold"]), n))
-        print(f"  {path.parent.name}/{path.name}: {seg.max() + 1} superpixels, {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        this_film = {rule: np.mean(v[before.get((sampling, rule), 0):], axis=0) for (sampling, rule), v in rows.items()
+                     if not rule.startswith("fixed")}  # the references and the rules, on this film alone
+        print(f"  {path.parent.name}/{path.name}: {seg.max() + 1} superpixels, {time.perf_counter() - t0:.0f} s; "
+              + "; ".join(f"{rule} {j5:.2f} at {n:.0f}" for rule, (j5, _, n) in this_film.items()), flush=True)
     print(f"\n{name}: {len(films)} films x {args.settle_seeds} seeds, Jaccard@5 against a {args.gold}-sample "
           "independent gold on the same segmentation")
     print(f"| sampling | rule | mean Jaccard@5 | mean Jaccard, outlined (>= {MATERIAL:g} of the largest weight) | mean samples |")
