@@ -381,7 +381,10 @@ class Predictor:
             for i in range(0, t.shape[0], max(1, n)):
                 chunk = t[i : i + n]
                 out.append(self._guarded(lambda dev, chunk=chunk: self._fast_chunk(dev, bf16, chunk)))
-        logits = torch.cat(out) if out else torch.zeros((0, len(self.classes)))
+        return self._calibrated(torch.cat(out) if out else torch.zeros((0, len(self.classes))))
+
+    def _calibrated(self, logits: torch.Tensor) -> np.ndarray:
+        """Refuse non-finite outputs, then temperature-calibrated probabilities (B, C) float64."""
         self._check_finite(logits)
         return softmax64(logits.numpy(), self.temperature)
 
@@ -406,10 +409,7 @@ class Predictor:
         t = self._as_batch(x)
         with self.lock:
             error, exact = self._guarded(lambda dev: self._verify_fast(dev, t, with_probs))
-        if not with_probs:
-            return error
-        self._check_finite(exact)
-        return error, softmax64(exact.numpy(), self.temperature)
+        return (error, self._calibrated(exact)) if with_probs else error
 
     def _verify_fast(self, dev: torch.device, t: torch.Tensor, with_probs: bool):
         run, _ = self._fast_runner(dev, None)

@@ -220,6 +220,9 @@ def test_lime_takes_the_top_class_from_the_exact_check_without_a_forward_of_its_
     assert (result.settings["fast_error"] is not None) == bf16
     assert exact_calls == [1]
     assert sum(fast_rows) == result.settings["samples_used"] == 48
+    # Told the class, only the bf16 check runs the exact path (in fp32 nothing does)
+    explain_lime(pr, film, (exact_top + 1) % len(CLASSES3), LimeSettings(num_samples=48, settle_from=0))
+    assert exact_calls == [1, 1] if bf16 else exact_calls == [1]
 
 
 def test_bf16_path_folds_batch_norm_in_fp32_and_stays_exact_in_fp32():

@@ -111,14 +111,15 @@ def batch_fn_of(predictor, fast: bool = True, batch_size: Optional[int] = None) 
     return _model_batch_fn(model_of(predictor), device_of(predictor))
 
 
-def verify_fast_of(predictor, x: np.ndarray, fast: bool = True):
+def verify_fast_of(predictor, x: np.ndarray, fast: bool = True, with_probs: bool = False):
     """Have a Predictor check its fast path's reduced precision on this film (``Predictor.verify_fast``)
-    -> (the largest probability difference or None, the exact path's probabilities of ``x`` or None).
-    Anything but a Predictor, or ``fast`` False, gives (None, None)."""
+    -> (the largest probability difference or None, and with ``with_probs`` the exact path's
+    probabilities of ``x``, else None). Anything but a Predictor, or ``fast`` False, gives (None, None).
+    Ask for the probabilities only when they are used: in fp32 they cost an exact forward of their own."""
     verify = getattr(predictor, "verify_fast", None) if fast else None
     if not callable(verify):
         return None, None
-    return verify(x, with_probs=True)
+    return verify(x, with_probs=True) if with_probs else (verify(x), None)
 
 
 def _model_batch_fn(model, device) -> Callable:

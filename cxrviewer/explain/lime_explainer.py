@@ -365,9 +365,9 @@ def explain_lime(
         raise ValueError(f"segments {segments.shape} do not match the model input {square.shape}")
     check_cancel()
     # bf16 is checked on this film, not only on the first one explained; a film it fails turns it off.
-    # The check's exact forward also gives the class a reader is shown as the top one.
+    # Told no class, the check's exact forward also gives the class a reader is shown as the top one.
     x0 = normalise(square[None], spec)
-    fast_error, exact0 = P.verify_fast_of(predictor_or_fn, x0, fast)
+    fast_error, exact0 = P.verify_fast_of(predictor_or_fn, x0, fast, with_probs=class_index is None)
 
     done = [0]
     first_probs = []  # the unperturbed image's probabilities (lime's first sample keeps every superpixel)
