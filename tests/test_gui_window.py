@@ -567,3 +567,32 @@ def test_worklist_keeps_the_film_name_readable_beside_a_long_reading(qtbot):
     wl.resize(700, 400)
     qtbot.wait(20)
     assert view.columnWidth(1) >= view.fontMetrics().horizontalAdvance("59% Bacterial")
+
+
+def test_model_selector_shows_a_long_model_name_in_full_somewhere(qtbot):
+    """The Reading panel elides "MobileNet-Lung, paediatric (Normal / Bacter…": the open list is wide
+    enough for every full name, and hovering the closed selector names the current model in full, its
+    classes, and any model files that could not be used."""
+    long_name = "MobileNet-Lung, paediatric (Normal / Bacterial / Viral), trained on the hospital's films"
+
+    class TwoModels(FakeBackend):
+        def discover(self):
+            (first,) = super().discover()
+            first.display_name = long_name
+            self.problems = [(Path("/models/broken.safetensors"), "not a checkpoint")]
+            return [first, ModelChoice("other", "Other model", ["A", "B"], "user", "/x/other.safetensors",
+                                       "resnet18", dict(first.metadata))]
+
+    win = make_window(qtbot, TwoModels())
+    settle(qtbot, win)
+    sel = win.selector
+    assert sel.currentText() == long_name
+    assert sel.view().minimumWidth() >= sel.view().fontMetrics().horizontalAdvance(long_name)
+    tip = sel.toolTip()
+    assert long_name in tip and "Normal, Pneumonia" in tip
+    assert "broken.safetensors: not a checkpoint" in tip
+    sel.setCurrentIndex(sel.findData("other"))
+    sel.activated.emit(sel.currentIndex())
+    settle(qtbot, win)
+    assert "Other model" in sel.toolTip() and long_name not in sel.toolTip()
+    assert "broken.safetensors" in sel.toolTip()

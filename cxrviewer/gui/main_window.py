@@ -796,10 +796,9 @@ class MainWindow(QMainWindow):
         choices, default, arg_choice, arg_error = result
         self.choices = list(choices)
         problems = getattr(self.backend, "problems", None) or []
-        hint = ""
-        if problems:
-            hint = f"{len(problems)} model file(s) could not be used (hover for why)"
-            self.selector.setToolTip("\n".join(f"{Path(str(p)).name}: {m}" for p, m in problems))
+        hint = f"{len(problems)} model file(s) could not be used (hover for why)" if problems else ""
+        why = [f"{Path(str(p)).name}: {m}" for p, m in problems]
+        self.selector.set_problems("\n".join(["Not usable:", *why]) if why else "")
         if arg_choice is not None and all(c.key != arg_choice.key for c in self.choices):
             self.choices.append(arg_choice)
         if self.model is not None and all(c.key != self.model.key for c in self.choices):

@@ -14,7 +14,12 @@ NO_MODEL = "__none__"
 
 
 class ModelSelector(QComboBox):
-    """Combo of discovered models (display name, classes, source) plus "Open model…"."""
+    """Combo of discovered models (display name, classes, source) plus "Open model…".
+
+    The Reading panel is narrower than a descriptive model name ("MobileNet-Lung, paediatric (Normal /
+    Bacterial / Viral)"), so the closed combo elides it; the open list is made wide enough for every
+    full name, and hovering the closed combo shows the current model's full name, classes and file, with
+    any model files that could not be used listed after it."""
 
     modelChosen = Signal(str)  # key
     openRequested = Signal()
@@ -26,7 +31,24 @@ class ModelSelector(QComboBox):
         self.setMinimumContentsLength(18)
         self.activated.connect(self._activated)
         self._last_key = NO_MODEL
+        self._problems = ""
+        self.currentIndexChanged.connect(self._update_tooltip)
         self.set_choices([], None)
+
+    def set_problems(self, text: str) -> None:
+        """Why some model files were not offered (shown after the current model in the tooltip)."""
+        self._problems = text.strip()
+        self._update_tooltip()
+
+    def _update_tooltip(self, *_) -> None:
+        current = self.itemData(self.currentIndex(), 3) or ""
+        self.setToolTip("\n\n".join(t for t in (str(current), self._problems) if t))
+
+    def _fit_popup(self) -> None:
+        fm = self.view().fontMetrics()
+        widest = max((fm.horizontalAdvance(self.itemText(i)) for i in range(self.count())), default=0)
+        scroll = self.view().verticalScrollBar().sizeHint().width()
+        self.view().setMinimumWidth(widest + scroll + 4 * fm.averageCharWidth())
 
     def set_choices(self, choices, current_key: Optional[str]) -> None:
         self.blockSignals(True)
@@ -43,6 +65,8 @@ class ModelSelector(QComboBox):
         self.setCurrentIndex(idx if idx >= 0 else 0)
         self._last_key = self.currentData()
         self.blockSignals(False)
+        self._fit_popup()
+        self._update_tooltip()
 
     def current_key(self) -> Optional[str]:
         k = self.currentData()
