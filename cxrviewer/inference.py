@@ -300,15 +300,37 @@ class Predictor:
         return False
 
     def prepare_fast(self, bf16: Optional[bool] = None) -> str:
-        """Build the fast copy now (the viewer does it in the background when a model is chosen, so the
+        """Build the fast copy now (the viewer builds it in the background with :meth:`warm_fast`, so the
         first explanation does not pay for it); returns a description of what the fast path does."""
         with self.lock:
             return self._guarded(lambda dev: self._fast_runner(dev, bf16)[1])
 
+    def warm_fast(self) -> str:
+        """:meth:`prepare_fast` for a background thread: the copy is made under the predictor's lock (a
+        fraction of a second), but traced and frozen outside it (1-8 s by network on a 2-core CPU), so a
+        reading of another film is not kept waiting meanwhile. Installed only if nothing changed in the
+        meantime (device, the bf16 verdict, a copy built by an explanation first)."""
+        with self.lock:
+            dev = self.device
+            use_bf16 = self.fast_uses_bf16(dev)
+            if self._fast is not None and self._fast[0] == dev and self._fast[1] == use_bf16:
+                return self._fast[3]
+            fast, how = self._fast_copy(dev, use_bf16)
+        built = self._fast_finish(fast, dev, use_bf16, how)
+        with self.lock:
+            if self._fast is None and self.device == dev and self.fast_uses_bf16(dev) == use_bf16:
+                self._fast = built
+            return built[3]
+
     def _fast_runner(self, dev: torch.device, bf16: Optional[bool]):
         use_bf16 = self.fast_uses_bf16(dev) if bf16 is None else bool(bf16) and self._reduced_ok is not False
-        if self._fast is not None and self._fast[0] == dev and self._fast[1] == use_bf16:
-            return self._fast[2], self._fast[3]
+        if self._fast is None or self._fast[0] != dev or self._fast[1] != use_bf16:
+            fast, how = self._fast_copy(dev, use_bf16)
+            self._fast = self._fast_finish(fast, dev, use_bf16, how)
+        return self._fast[2], self._fast[3]
+
+    def _fast_copy(self, dev: torch.device, use_bf16: bool):
+        """The private copy of the network (reads ``self.model``: under the lock) and its description."""
         fast = copy.deepcopy(self.model).eval()
         for p in fast.parameters():
             p.requires_grad_(False)
@@ -316,12 +338,16 @@ class Predictor:
         folded = fold_batchnorm(fast, self.model, self.spec.input_size) if use_bf16 else 0
         fast = fast.to(dev, memory_format=torch.channels_last)
         how = "channels-last" + (f", {folded} batch norms folded in fp32" if folded else "")
-        amp_dtype = None
         if use_bf16:
             amp_dtype = torch.bfloat16
             if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
                 amp_dtype = torch.float16
             fast = ReducedPrecisionTrunk(fast, dev.type, amp_dtype).eval()
+        return fast, how
+
+    def _fast_finish(self, fast, dev: torch.device, use_bf16: bool, how: str) -> tuple:
+        """Trace and freeze the copy where that pays (touches only the copy: no lock needed) ->
+        the ``self._fast`` tuple."""
         runner, traced = fast, None
         if dev.type == "cpu" and TRACE_FAST_CPU:
             traced = self._trace_and_freeze(fast, dev)
@@ -330,16 +356,15 @@ class Predictor:
             how += ", traced and frozen" + ("" if use_bf16 else " (batch norm folded)")
         else:
             how += ", eager"
-        if amp_dtype is not None:
-            how += f", {str(amp_dtype).replace('torch.', '')} autocast (head in fp32)"
+        if isinstance(fast, ReducedPrecisionTrunk):
+            how += f", {str(fast.dtype).replace('torch.', '')} autocast (head in fp32)"
 
         def run(chunk: torch.Tensor) -> torch.Tensor:
             xb = self._to_device(chunk, dev).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 return runner(xb).float().cpu()
 
-        self._fast = (dev, use_bf16, run, how)
-        return run, how
+        return dev, use_bf16, run, how
 
     def _trace_and_freeze(self, fast, dev):
         """TorchScript-freeze the copy (in fp32 this also folds batch norm and fuses conv+add+relu; under

@@ -148,3 +148,24 @@ def test_window_opens_the_sample_film_with_the_bundled_default_model(qtbot):
     assert win.probs.state == "ready", win.errors
     assert win.probs.pairs[0][0] == "Normal" and not win.probs.outside
     assert win.view.overlay is not None, win.heatmap.note.text()  # a heatmap is on the film
+
+
+def test_the_first_lime_finds_its_fast_path_prepared_after_the_reading(qtbot, tmp_path, tiny_model, monkeypatch):
+    """Once a model's first reading is on screen the window prepares LIME's fast path in the background
+    (Backend.warm), so the reader's first LIME does not pay for building it; the reading came first."""
+    from cxrviewer.inference import Predictor
+
+    state_when_warmed, copies = [], []
+    real_warm, real_copy = Predictor.warm_fast, Predictor._fast_copy
+    monkeypatch.setattr(Predictor, "warm_fast", lambda self: state_when_warmed.append(win.probs.state) or real_warm(self))
+    monkeypatch.setattr(Predictor, "_fast_copy", lambda self, *a: copies.append(1) or real_copy(self, *a))
+    film = _films(tmp_path, 1)[0]
+    win = show_window(qtbot)
+    win.open_paths([str(film)])
+    _settle(qtbot, win)
+    assert win.probs.state == "ready" and win.heat[0][2] == "attention"  # no LIME asked for yet
+    assert state_when_warmed == ["ready"] and copies == [1]
+    win.heatmap.set_method("lime")
+    _settle(qtbot, win)
+    assert win.view.overlay is not None and win.heat[0][2] == "lime", win.heatmap.note.text()
+    assert copies == [1]  # the first LIME used the prepared copy

@@ -277,6 +277,56 @@ def test_fast_path_does_not_touch_the_exact_model():
         assert torch.equal(v, before[k]) and v.stride() == before[k].stride(), k  # same layout, unfolded
 
 
+def test_warming_the_fast_path_in_the_background_never_holds_up_a_reading(monkeypatch):
+    """The viewer prepares LIME's fast copy on a worker after a model's first reading; tracing it takes
+    seconds for a big network. A reading asked for meanwhile must not wait for it, and the copy is then
+    installed and used: the first explanation does not build it again."""
+    pr = _predictor()
+    tracing, release = threading.Event(), threading.Event()
+    real_trace = Predictor._trace_and_freeze
+
+    def slow_trace(self, fast, dev):
+        tracing.set()
+        assert release.wait(30)
+        return real_trace(self, fast, dev)
+
+    monkeypatch.setattr(Predictor, "_trace_and_freeze", slow_trace)
+    warmed = {}
+    worker = threading.Thread(target=lambda: warmed.update(how=pr.warm_fast()))
+    worker.start()
+    assert tracing.wait(30)
+    done = {}
+    reader = threading.Thread(target=lambda: done.update(pred=pr.predict_film(_film())))
+    reader.start()
+    reader.join(10)
+    try:
+        assert "pred" in done, "the reading waited for the fast copy to be traced"
+    finally:
+        release.set()
+        worker.join(30)
+    assert "traced" in warmed["how"] and pr.prepare_fast() == warmed["how"]
+    monkeypatch.setattr(Predictor, "_fast_copy", lambda *a: pytest.fail("the warmed copy was built again"))
+    x = _real_like_batch(3)
+    assert np.abs(pr.fast_predict_batch(x) - pr.predict_batch(x)).max() <= FAST_TOLERANCE
+
+
+def test_a_warmed_copy_never_replaces_one_built_meanwhile(monkeypatch):
+    pr = _predictor()
+    real_trace = Predictor._trace_and_freeze
+
+    built = []
+
+    def trace_while_an_explanation_builds_its_own(self, fast, dev):
+        monkeypatch.setattr(Predictor, "_trace_and_freeze", real_trace)
+        self.prepare_fast()  # what an explanation started meanwhile does
+        built.append(self._fast)
+        return real_trace(self, fast, dev)
+
+    monkeypatch.setattr(Predictor, "_trace_and_freeze", trace_while_an_explanation_builds_its_own)
+    pr.warm_fast()
+    assert built and pr._fast is built[0]
+
+
 def test_fast_path_falls_back_to_eager_when_tracing_fails(monkeypatch):
     pr = _predictor()
 

@@ -142,6 +142,16 @@ def for_model(settings: LimeSettings, predictor_or_fn) -> LimeSettings:
     return replace(settings, segmentation=P.lime_segmentation_of(predictor_or_fn) or DEFAULT_SEGMENTATION)
 
 
+def preload() -> None:
+    """Import what an explanation needs (lime, scikit-image's segmentations, scikit-learn, scipy): about a
+    second on a 2-core CPU, which the viewer pays in the background after a model's first reading rather
+    than on the reader's first LIME."""
+    import importlib
+
+    for name in ("lime.lime_image", "scipy.linalg", "skimage.segmentation", "sklearn.metrics"):
+        importlib.import_module(name)
+
+
 def segment(image_rgb: np.ndarray, settings: LimeSettings) -> np.ndarray:
     """Superpixels of the (S, S, 3) uint8 model input, relabelled 0..n-1.
 

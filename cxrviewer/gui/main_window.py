@@ -293,6 +293,7 @@ class MainWindow(QMainWindow):
         self._model_arg: Optional[str] = None
         self.heatmap_if_model: Optional[str] = None  # --screenshot shows a heatmap when a model is there
         self._model_view_pending = False
+        self._warmed = None  # the predictor whose explanation path was prepared
 
         self.setWindowTitle("CXR Viewer")
         icon_path = app_icon_path()
@@ -863,6 +864,7 @@ class MainWindow(QMainWindow):
         self.runner.cancel("predict")
         self.runner.cancel("explain")
         self.runner.cancel("batch")
+        self.runner.cancel("warm")
         if not self._shown:
             # loading a model imports torch: only once the window is on screen (and painted), or the
             # import would compete with building the window and delay it by seconds
@@ -1007,6 +1009,18 @@ class MainWindow(QMainWindow):
             self.heatmap.set_method("gradcam")
             self.heatmap.blockSignals(False)
         self.request_heatmap()
+        self._warm_explanations()
+
+    def _warm_explanations(self) -> None:
+        """Once per loaded model, after its first reading is on screen: prepare LIME's fast path in the
+        background, so the reader's first explanation costs what the later ones do (see Backend.warm).
+        A failure here is only logged: the explanation itself will build the path and say what went wrong."""
+        predictor = self.predictor
+        if predictor is None or predictor is self._warmed:
+            return
+        self._warmed = predictor
+        self.runner.submit("warm", self.backend.warm, predictor, label="Preparing explanations",
+                           on_error=lambda msg, exc: log.info("preparing explanations failed: %s", msg))
 
     def _prediction_failed(self, path: str, msg: str) -> None:
         if path != self.current_path:
