@@ -116,6 +116,12 @@ def build_predictor(name_or_path: str, calib_grays: list):
         spec = PreprocessSpec()
         model = realistic(model, calib_grays, spec, restat_bn=pretrained is None)  # keep an ImageNet backbone
         pred = Predictor(model, card_defaults(model, CLASSES, name=name_or_path), torch.device("cpu"))
+    # what the viewer does in the background once a model's first reading is shown (Backend.warm): without
+    # it the first film explained would pay for importing lime, scikit-image and scikit-learn (about a
+    # second), which the lime reference timed after it then would not
+    from cxrviewer.explain.lime_explainer import preload
+
+    preload()
     pred.prepare_fast()
     return pred
 

@@ -104,8 +104,9 @@ class ProbabilityPanel(QWidget):
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.9))
         p.setFont(small)
         p.setPen(QColor(140, 150, 160))
+        label = self.model_label if self.state != "nomodel" else ""
         p.drawText(QRectF(0, 0, w, 22), Qt.AlignLeft | Qt.AlignVCenter | Qt.TextSingleLine,
-                   self.model_label if self.state != "nomodel" else "")
+                   p.fontMetrics().elidedText(label, Qt.ElideRight, w))  # cut visibly, not mid-letter
         if not self.pairs:
             col = QColor(230, 120, 90) if self.state == "error" else QColor(170, 178, 186)
             p.setPen(col)
