@@ -865,6 +865,7 @@ class MainWindow(QMainWindow):
         self.runner.cancel("explain")
         self.runner.cancel("batch")
         self.runner.cancel("warm")
+        self._warmed = None  # a warm-up cut short leaves no copy: coming back warms again (cheap if built)
         if not self._shown:
             # loading a model imports torch: only once the window is on screen (and painted), or the
             # import would compete with building the window and delay it by seconds
