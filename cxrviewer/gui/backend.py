@@ -189,7 +189,9 @@ class Backend:
         (about a second) and build the fast batch copy (channels-last, traced and frozen: 1-8 s by network
         on a 2-core CPU). The window runs this after the model's first reading is shown, and the copy is
         traced outside the predictor's lock (``Predictor.warm_fast``), so it never delays a reading.
-        Returns what the fast path does ("" when this predictor has none)."""
+        The price is the copy's memory for every model read, not only those explained (Fusion-TL, the
+        largest, about 330 MB; the model cache keeps at most four models). Returns what the fast path
+        does ("" when this predictor has none)."""
         from cxrviewer.explain import lime_explainer
 
         lime_explainer.preload()
