@@ -313,7 +313,7 @@ class Predictor:
         with self.lock:
             dev = self.device
             use_bf16 = self.fast_uses_bf16(dev)
-            if self._fast is not None and self._fast[0] == dev and self._fast[1] == use_bf16:
+            if self._fast_built_for(dev, use_bf16):
                 return self._fast[3]
             fast, how = self._fast_copy(dev, use_bf16)
         built = self._fast_finish(fast, dev, use_bf16, how)
@@ -324,10 +324,14 @@ class Predictor:
 
     def _fast_runner(self, dev: torch.device, bf16: Optional[bool]):
         use_bf16 = self.fast_uses_bf16(dev) if bf16 is None else bool(bf16) and self._reduced_ok is not False
-        if self._fast is None or self._fast[0] != dev or self._fast[1] != use_bf16:
+        if not self._fast_built_for(dev, use_bf16):
             fast, how = self._fast_copy(dev, use_bf16)
             self._fast = self._fast_finish(fast, dev, use_bf16, how)
         return self._fast[2], self._fast[3]
+
+    def _fast_built_for(self, dev: torch.device, use_bf16: bool) -> bool:
+        """Whether the fast copy held is the one for this device and precision."""
+        return self._fast is not None and self._fast[0] == dev and self._fast[1] == use_bf16
 
     def _fast_copy(self, dev: torch.device, use_bf16: bool):
         """The private copy of the network (reads ``self.model``: under the lock) and its description."""
