@@ -66,17 +66,23 @@ class FakeBackend(Backend):
                                 self.CLASSES[int(p > 0.5)], attention=att)
 
     def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None):
-        from cxrviewer.gui.backend import film_space
-
         if method == "lime":  # slow on purpose, cooperative cancel, an early coarse map
-            heat = film_space(prediction.attention, None, film.shape, 64) * 2 - 1
+            heat = film_space(prediction.attention, film.shape, 64) * 2 - 1
             ctx.report(("coarse", cache_key, None, heat * 0.5, True))
             for i in range(40):
                 ctx.check()
                 ctx.report(("progress", i / 40))
                 time.sleep(0.02)
             return None, heat, True
-        return None, film_space(prediction.attention, None, film.shape, 256), False
+        return None, film_space(prediction.attention, film.shape, 256), False
+
+
+def film_space(model_map, film_shape, max_side):
+    """The fake's attention stretched over the film's field of view on a grid of at most ``max_side``."""
+    h, w = film_shape
+    s = min(1.0, max_side / max(h, w))
+    img = Image.fromarray(np.asarray(model_map, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR), dtype=np.float32)
 
 
 def png(path, arr):

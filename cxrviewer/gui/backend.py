@@ -2,9 +2,7 @@
 
 Everything here may run on a worker thread and is imported lazily, so the window can be shown before
 torch (or pydicom) is imported. The window talks to a :class:`Backend`; tests hand it a fake one (a slow
-predictor, a failing model) without monkeypatching the core. The adapters are tolerant of small API
-differences in ``model_store`` / ``inference`` / ``explain`` so the viewer degrades to "no model installed"
-instead of failing when a piece is missing.
+predictor, a failing model) without monkeypatching the core.
 """
 
 from __future__ import annotations
@@ -102,33 +100,24 @@ class Backend:
         return load_film(path, max_pixels=self.max_pixels) if self.max_pixels else load_film(path)
 
     def list_folder(self, ctx, folder) -> list:
-        try:
-            from cxrviewer.film.loader import iter_films
+        from cxrviewer.film.loader import iter_films
 
-            return [str(p) for p in iter_films(folder)]
-        except ImportError:
-            return [str(p) for p in sorted(Path(folder).rglob("*")) if is_supported(p)]
+        return [str(p) for p in iter_films(folder)]
 
     # ----------------------------------------------------------------------------------- models
     def discover(self) -> list:
-        """Installed and bundled models; [] when the model store is not there (the "no model" state).
+        """Installed and bundled models; [] when none can be found (the "no model" state).
 
         Files that could not be used are kept in ``self.problems`` (path, reason) for the selector's hint.
         """
+        from cxrviewer import model_store
+
         self.problems = []
         try:
-            from cxrviewer import model_store
-        except ImportError:
-            return []
-        try:
-            found = model_store.discover_models()
+            entries, self.problems = model_store.discover_models()
         except Exception as exc:  # noqa: BLE001  (a broken model folder must not stop the viewer)
             log.warning("model discovery failed: %s", exc)
             return []
-        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], list):
-            entries, self.problems = found
-        else:
-            entries = found
         return [choice_from_entry(e) for e in entries]
 
     def default_key(self, choices) -> Optional[str]:
@@ -223,16 +212,8 @@ class Backend:
         class_index = None
         if target_class in prediction.classes:
             class_index = prediction.classes.index(target_class)
-        try:
-            import cxrviewer.explain as ex
-        except ImportError:
-            ex = None
-        if ex is None or not hasattr(ex, "explain"):
-            if method != "attention":
-                raise ValueError(f"{method} explanations are not available in this build")
-            if prediction.attention is None:
-                raise ValueError("this model has no spatial attention map; try Grad-CAM")
-            return None, film_space(prediction.attention, prediction.geometry, film.shape, out_side), False
+        import cxrviewer.explain as ex
+
         with self._lock:
             if self._expl_cache is None:
                 self._expl_cache = ex.ExplanationCache()
@@ -245,12 +226,9 @@ class Backend:
                                                 bool(getattr(e, "signed", True)))),
             )
         heat = np.asarray(expl.film_map(out_shape), dtype=np.float32)
-        try:  # colour maps come from matplotlib: import it here, not on the GUI thread's first draw
-            from cxrviewer.explain import overlay
+        from cxrviewer.explain import overlay  # matplotlib's colour maps: imported here, not on the first draw
 
-            overlay.heatmap_rgba(np.zeros((2, 2), np.float32))
-        except Exception:  # noqa: BLE001
-            pass
+        overlay.heatmap_rgba(np.zeros((2, 2), np.float32))
         return expl, heat, bool(getattr(expl, "signed", method == "lime"))
 
 
@@ -274,31 +252,7 @@ def prediction_result(pred, film_key: str, model_key: str, evidence=()) -> Predi
     )
 
 
-def film_space(model_map: np.ndarray, geometry, film_shape: tuple, max_side: int = 1024) -> np.ndarray:
-    """Model-space map -> film grid through the exact inverse of the preprocessing fit.
-
-    Computed on a grid of at most ``max_side`` pixels a side (same field of view): the overlay is drawn
-    stretched over the film, so this is visually identical and keeps a 3000×3000 film quick.
-    """
-    h, w = film_shape
-    s = min(1.0, max_side / max(h, w))
-    out_shape = (max(1, round(h * s)), max(1, round(w * s)))
-    if geometry is None:
-        from PIL import Image
-
-        img = Image.fromarray(np.asarray(model_map, dtype=np.float32), mode="F")
-        return np.asarray(img.resize((out_shape[1], out_shape[0]), Image.BILINEAR), dtype=np.float32)
-    return geometry.to_film(model_map, out_shape)
-
-
-_EXTS = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-
-
 def is_supported(path) -> bool:
-    try:
-        from cxrviewer.film.loader import is_supported_path
+    from cxrviewer.film.loader import is_supported_path
 
-        return bool(is_supported_path(path))
-    except ImportError:
-        p = Path(path)
-        return p.is_file() and (p.suffix.lower() in _EXTS or p.suffix == "")
+    return bool(is_supported_path(path))

@@ -47,7 +47,6 @@ from cxrviewer.gui.heatmap_controls import HeatmapControls
 from cxrviewer.gui.image_view import ImageView
 from cxrviewer.gui.jobs import JobRunner
 from cxrviewer.gui.model_panel import ModelCardDialog, ModelSelector
-from cxrviewer.gui.overlay import colorize, normalise_map
 from cxrviewer.gui.probability_panel import ProbabilityPanel
 from cxrviewer.gui.settings import NOTICE as SETTINGS_NOTICE, make_settings, read_int
 from cxrviewer.gui.tag_panel import TagPanel, header_text
@@ -158,15 +157,10 @@ def sample_films() -> list:
 
 
 def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
-    """The explanation drawn as the explanation package draws it (same colours as its exports), LIME's
-    strongest superpixels outlined; the viewer's own colouring when that package is absent."""
-    try:
-        from cxrviewer.explain import overlay as ov
-    except ImportError:
-        ov = None
-    if ov is None:
-        h = heat / (float(np.abs(heat).max()) or 1.0) if signed else normalise_map(heat)
-        return colorize(h, request.colormap, request.opacity, request.threshold, signed=signed)
+    """The explanation drawn as its exports draw it (one colouring for the screen, the PNG and the report),
+    LIME's strongest superpixels outlined."""
+    from cxrviewer.explain import overlay as ov
+
     if signed:
         rgba = ov.lime_rgba(heat, request.opacity, request.threshold)
         if expl is not None and getattr(expl, "segments", None) is not None:
@@ -178,7 +172,7 @@ def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
             except Exception:  # noqa: BLE001  (outlines are a nicety)
                 pass
         return rgba
-    return ov.heatmap_rgba(normalise_map(heat), request.colormap, request.opacity, request.threshold)
+    return ov.heatmap_rgba(ov.normalise_map(heat), request.colormap, request.opacity, request.threshold)
 
 
 def _overlay_settings(request):
@@ -188,19 +182,17 @@ def _overlay_settings(request):
 
 
 def _export_overlay_job(ctx, path, gray, heat, request):  # worker thread
+    from cxrviewer.explain import render_overlay, save_overlay_png
+    from cxrviewer.explain.overlay import composite
+
     key, expl, small, signed = heat
     if expl is not None:
-        from cxrviewer.explain import render_overlay, save_overlay_png
-
         return str(save_overlay_png(path, render_overlay(expl, gray, _overlay_settings(request))))
-    from PIL import Image
+    from PIL import Image  # a bare film-grid map: drawn at its preview size, stretched over the film
 
     rgba = overlay_rgba(None, small, signed, request)
     over = np.asarray(Image.fromarray(rgba, "RGBA").resize((gray.shape[1], gray.shape[0]), Image.BILINEAR))
-    a = over[..., 3:4].astype(np.float32) / 255.0
-    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) * (1 - a) + over[..., :3] * a
-    Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8)).save(path, format="PNG")
-    return path
+    return str(save_overlay_png(path, composite(gray, over)))
 
 
 def _export_report_job(ctx, path, film, gray, expl, request, prediction, model_name, version, include_ids):

@@ -443,8 +443,6 @@ class TrainDialog(QDialog):
                 dest = str(getattr(entry, "path", entry))
                 msg += f" The model is installed ({Path(dest).name}) and selectable in the model list."
                 self.model_installed.emit(dest)
-            except ImportError:
-                msg += f" Model: {ckpt}"
             except Exception as e:  # a refusal from the store must not hide a finished run
                 msg += f" It could not be installed: {e}"
         self.status_label.setText(self._with_warnings(msg))
