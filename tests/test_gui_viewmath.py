@@ -1,11 +1,9 @@
 """The Qt-free arithmetic behind the viewer: transforms, window/level dragging, worklist order."""
 
-import numpy as np
 import pytest
 
 from cxrviewer.film.types import Window
 from cxrviewer.gui import viewmath as vm
-from cxrviewer.explain.overlay import heatmap_rgba, normalise_map
 
 
 @pytest.mark.parametrize("rot", vm.ROTATIONS)
@@ -116,13 +114,3 @@ def test_sorted_probabilities_and_heatmap_request():
     assert vm.sorted_probabilities(["a", "b", "c"], [0.2, 0.5, 0.3])[0] == ("b", 0.5)
     r = vm.HeatmapRequest(method="lime", opacity=0.3)
     assert r.active and r.cache_key("f", "m") == ("f", "m", "lime", None)
-
-
-def test_a_heatmap_is_drawn_against_its_own_peak_and_only_above_the_threshold():
-    heat = normalise_map(np.linspace(3, 7, 100, dtype=np.float32).reshape(10, 10))
-    assert heat.min() == 0 and heat.max() == 1
-    assert not normalise_map(np.full((4, 4), 5.0)).any()  # a flat map draws nothing
-    rgba = heatmap_rgba(heat, "jet", opacity=0.5, threshold=0.2)
-    assert rgba.shape == (10, 10, 4)
-    assert rgba[0, 0, 3] == 0 and rgba[1, 9, 3] == 0 and rgba[2, 0, 3] == 128 and rgba[-1, -1, 3] == 128
-    assert tuple(rgba[-1, -1, :3]) != tuple(rgba[2, 0, :3])  # hot and cold differ in colour

@@ -602,3 +602,25 @@ def test_model_selector_shows_a_long_model_name_in_full_somewhere(qtbot):
     settle(qtbot, win)
     assert "Other model" in sel.toolTip() and long_name not in sel.toolTip()
     assert "broken.safetensors" in sel.toolTip()
+
+
+@pytest.mark.parametrize("low", [0.0, 0.35])
+def test_the_screen_draws_a_heatmap_exactly_as_the_exported_overlay(low):
+    """What the reader sees is what the PNG and the report save; a map pale everywhere stays pale on
+    screen instead of being stretched to look like strong evidence."""
+    from cxrviewer.explain.overlay import OverlaySettings, explanation_rgba
+    from cxrviewer.explain.types import Explanation
+    from cxrviewer.gui import viewmath as vm
+    from cxrviewer.gui.main_window import overlay_rgba
+    from cxrviewer.preprocess import fit_to_square
+
+    _, geo = fit_to_square(np.zeros((90, 60), np.uint8), 224, "letterbox")
+    cam = np.full((7, 7), low, np.float32)
+    cam[2, 4] = 1.0 if low == 0 else 0.5
+    expl = Explanation("gradcam", 0, "A", cam, geo)
+    request = vm.HeatmapRequest(method="gradcam", opacity=0.6, colormap="viridis", threshold=0.3)
+    shape = (45, 30)
+    screen = overlay_rgba(expl, expl.film_map(shape), False, request)
+    export = explanation_rgba(expl, OverlaySettings(colormap="viridis", opacity=0.6, threshold=0.3), shape)
+    np.testing.assert_array_equal(screen, export)
+    assert screen[..., 3].any()

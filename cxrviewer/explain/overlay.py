@@ -48,16 +48,6 @@ def _cmap(name: str):
         raise ValueError(f"unknown colour map {name!r}; try one of {', '.join(COLORMAPS)}") from None
 
 
-def normalise_map(heat: np.ndarray) -> np.ndarray:
-    """Scale a non-negative map to 0..1 by its own range: maps from different models are not comparable,
-    so each is shown against its own strongest point."""
-    h = np.nan_to_num(np.asarray(heat, dtype=np.float32))
-    lo, hi = float(h.min()), float(h.max())
-    if hi - lo < 1e-12:
-        return np.zeros_like(h)
-    return (h - lo) / (hi - lo)
-
-
 def heatmap_rgba(heat: np.ndarray, colormap: str = "jet", opacity: float = 0.45, threshold: float = 0.0) -> np.ndarray:
     """A [0, 1] map -> (H, W, 4) uint8 RGBA: colour from ``colormap``, alpha ``opacity`` above ``threshold``."""
     h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)

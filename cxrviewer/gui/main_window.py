@@ -158,7 +158,8 @@ def sample_films() -> list:
 
 def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
     """The explanation drawn as its exports draw it (one colouring for the screen, the PNG and the report),
-    LIME's strongest superpixels outlined."""
+    LIME's strongest superpixels outlined. Maps come scaled by their producers (Grad-CAM by its peak,
+    attention by its range), so a map weak everywhere stays pale rather than being stretched."""
     from cxrviewer.explain import overlay as ov
 
     if signed:
@@ -172,7 +173,7 @@ def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
             except Exception:  # noqa: BLE001  (outlines are a nicety)
                 pass
         return rgba
-    return ov.heatmap_rgba(ov.normalise_map(heat), request.colormap, request.opacity, request.threshold)
+    return ov.heatmap_rgba(heat, request.colormap, request.opacity, request.threshold)
 
 
 def _overlay_settings(request):
