@@ -59,24 +59,11 @@ class PredictionResult:
 
 
 def choice_from_entry(entry) -> ModelChoice:
-    card = getattr(entry, "card", None) or {}
-    meta = dict(getattr(entry, "metadata", None) or {})
-    if not meta:
-        if isinstance(card, dict) and ("format_version" in card or "arch" in card or "classes" in card):
-            meta = dict(card)
-        else:
-            meta = {"card": card}
-    name = str(getattr(entry, "name", "") or meta.get("name") or Path(str(getattr(entry, "path", "model"))).stem)
-    classes = list(getattr(entry, "classes", None) or meta.get("classes") or [])
+    """model_store's record (a :class:`~cxrviewer.model_store.ModelEntry`, its card already validated) as
+    the selector shows it."""
     return ModelChoice(
-        key=name,
-        display_name=str(getattr(entry, "display_name", "") or meta.get("display_name") or name),
-        classes=[str(c) for c in classes],
-        source=str(getattr(entry, "source", "") or ""),
-        path=str(getattr(entry, "path", "") or ""),
-        arch=str(getattr(entry, "arch", "") or meta.get("arch") or ""),
-        metadata=meta,
-        entry=entry,
+        key=entry.name, display_name=entry.display_name, classes=[str(c) for c in entry.classes],
+        source=entry.source, path=str(entry.path), arch=entry.arch, metadata=dict(entry.card), entry=entry,
     )
 
 
