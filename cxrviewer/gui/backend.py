@@ -210,32 +210,22 @@ class Backend:
                 progress=lambda f: ctx.report(("progress", float(f))),
                 cancel=lambda: ctx.cancelled, prediction=prediction.raw, cache=self._expl_cache,
                 on_coarse=lambda e: ctx.report(("coarse", cache_key, e, np.asarray(e.film_map(out_shape), np.float32),
-                                                bool(getattr(e, "signed", True)))),
+                                                e.signed)),
             )
         heat = np.asarray(expl.film_map(out_shape), dtype=np.float32)
         from cxrviewer.explain import overlay  # matplotlib's colour maps: imported here, not on the first draw
 
         overlay.heatmap_rgba(np.zeros((2, 2), np.float32))
-        return expl, heat, bool(getattr(expl, "signed", method == "lime"))
+        return expl, heat, expl.signed
 
 
 def prediction_result(pred, film_key: str, model_key: str, evidence=()) -> PredictionResult:
-    classes = [str(c) for c in getattr(pred, "classes", [])]
-    probs = [float(p) for p in np.asarray(getattr(pred, "probs", []), dtype=np.float64).ravel()]
-    top = getattr(pred, "top_class", None) or (classes[int(np.argmax(probs))] if probs else "")
-    att = getattr(pred, "attention", None)
-    if att is not None:
-        if hasattr(att, "detach"):
-            att = att.detach().float().cpu().numpy()
-        att = np.asarray(att, dtype=np.float32)
-        while att.ndim > 2:
-            att = att[0]
+    """An :class:`~cxrviewer.inference.Prediction` in the plain types the window keeps per film."""
     return PredictionResult(
-        film_key=film_key, model_key=model_key, classes=classes, probs=probs, top_class=str(top),
-        attention=att, geometry=getattr(pred, "geometry", None),
-        notices=[str(n) for n in (getattr(pred, "notices", None) or [])], raw=pred,
-        ood=getattr(pred, "ood", None), header_evidence=list(evidence),
-        first_heatmap=str(getattr(pred, "first_heatmap", "gradcam")),
+        film_key=film_key, model_key=model_key, classes=[str(c) for c in pred.classes],
+        probs=[float(p) for p in np.asarray(pred.probs, dtype=np.float64).ravel()], top_class=str(pred.top_class),
+        attention=pred.attention, geometry=pred.geometry, notices=[str(n) for n in pred.notices], raw=pred,
+        ood=pred.ood, header_evidence=list(evidence), first_heatmap=str(pred.first_heatmap),
     )
 
 
