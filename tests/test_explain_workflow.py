@@ -368,8 +368,7 @@ def test_outlines_follow_the_colour_threshold():
         assert outline_floor(threshold) == max(0.1, threshold)
         settings = OverlaySettings(opacity=0.5, threshold=threshold, outline_top=5)
         drawn = [np.all(render_overlay(expl, gray, settings) == yellow, axis=-1),
-                 np.all(overlay_rgba(expl, expl.film_map(), True, HeatmapRequest(threshold=threshold))[..., :3]
-                        == yellow, axis=-1)]
+                 np.all(overlay_rgba(expl, gray.shape, HeatmapRequest(threshold=threshold))[..., :3] == yellow, axis=-1)]
         fill = render_overlay(expl, gray, settings.with_(outline_top=0)) != gray[..., None]
         for outline in drawn:
             outlined = set(np.unique(segments[outline]).tolist())  # outlines lie on a superpixel's inner edge

@@ -20,8 +20,10 @@ from PySide6.QtGui import QDropEvent, QMouseEvent  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
 from cxrviewer import DISCLAIMER  # noqa: E402
+from cxrviewer.explain.types import Explanation  # noqa: E402
 from cxrviewer.gui.backend import Backend, ModelChoice, PredictionResult  # noqa: E402
 from cxrviewer.gui.image_view import qimage_to_array  # noqa: E402
+from cxrviewer.preprocess import Geometry  # noqa: E402
 
 import dicom_factory as dfac  # noqa: E402
 from gui_helpers import settle as gui_settle, show_window  # noqa: E402
@@ -66,23 +68,31 @@ class FakeBackend(Backend):
                                 self.CLASSES[int(p > 0.5)], attention=att)
 
     def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None):
-        if method == "lime":  # slow on purpose, cooperative cancel, an early coarse map
-            heat = film_space(prediction.attention, film.shape, 64) * 2 - 1
-            ctx.report(("coarse", cache_key, None, heat * 0.5, True))
-            for i in range(40):
-                ctx.check()
-                ctx.report(("progress", i / 40))
-                time.sleep(0.02)
-            return None, heat, True
-        return None, film_space(prediction.attention, film.shape, 256), False
+        """Real Explanations of the fake's attention (LIME: its 7×7 cells as superpixels, weighted by it),
+        on a 256-pixel preview grid; LIME is slow on purpose, cancels cooperatively and reports a coarse map."""
+        h, w = film.shape
+        s = min(1.0, 256 / max(h, w))
+        preview = (max(1, round(h * s)), max(1, round(w * s)))
+        geo = Geometry((h, w), 224, 224 / h, 224 / w)  # squashed into the model input
+        cls = prediction.classes.index(target_class)
+        if method != "lime":
+            expl = Explanation(method, cls, target_class, prediction.attention, geo)
+            return expl, expl.film_map(preview)
+        segments = (np.arange(224)[:, None] // 32 * 7 + np.arange(224)[None, :] // 32).astype(np.int32)
+        weights = np.asarray(prediction.attention, np.float32).ravel() * 2 - 1
 
+        def lime(wts, coarse=False):
+            return Explanation("lime", cls, target_class, wts[segments], geo, segments=segments,
+                               segment_weights=wts, coarse=coarse)
 
-def film_space(model_map, film_shape, max_side):
-    """The fake's attention stretched over the film's field of view on a grid of at most ``max_side``."""
-    h, w = film_shape
-    s = min(1.0, max_side / max(h, w))
-    img = Image.fromarray(np.asarray(model_map, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR), dtype=np.float32)
+        early = lime(weights * 0.5, coarse=True)
+        ctx.report(("coarse", cache_key, early, early.film_map(preview)))
+        for i in range(40):
+            ctx.check()
+            ctx.report(("progress", i / 40))
+            time.sleep(0.02)
+        expl = lime(weights)
+        return expl, expl.film_map(preview)
 
 
 def png(path, arr):
@@ -604,23 +614,46 @@ def test_model_selector_shows_a_long_model_name_in_full_somewhere(qtbot):
     assert "broken.safetensors" in sel.toolTip()
 
 
-@pytest.mark.parametrize("low", [0.0, 0.35])
-def test_the_screen_draws_a_heatmap_exactly_as_the_exported_overlay(low):
-    """What the reader sees is what the PNG and the report save; a map pale everywhere stays pale on
-    screen instead of being stretched to look like strong evidence."""
-    from cxrviewer.explain.overlay import OverlaySettings, explanation_rgba
-    from cxrviewer.explain.types import Explanation
-    from cxrviewer.gui import viewmath as vm
-    from cxrviewer.gui.main_window import overlay_rgba
-    from cxrviewer.preprocess import fit_to_square
+def _two_cells(att):
+    att = att.copy()
+    att[1, 4] = 0.8  # beside the hot cell: two neighbouring superpixels are outlined, each on its own
+    return att
 
-    _, geo = fit_to_square(np.zeros((90, 60), np.uint8), 224, "letterbox")
-    cam = np.full((7, 7), low, np.float32)
-    cam[2, 4] = 1.0 if low == 0 else 0.5
-    expl = Explanation("gradcam", 0, "A", cam, geo)
-    request = vm.HeatmapRequest(method="gradcam", opacity=0.6, colormap="viridis", threshold=0.3)
-    shape = (45, 30)
-    screen = overlay_rgba(expl, expl.film_map(shape), False, request)
-    export = explanation_rgba(expl, OverlaySettings(colormap="viridis", opacity=0.6, threshold=0.3), shape)
-    np.testing.assert_array_equal(screen, export)
-    assert screen[..., 3].any()
+
+@pytest.mark.parametrize("method,attention", [
+    ("gradcam", lambda att: att),
+    ("gradcam", lambda att: np.where(att > 0, 0.5, 0.35).astype(np.float32)),  # pale everywhere
+    ("lime", _two_cells),
+], ids=["gradcam", "gradcam-pale", "lime"])
+def test_the_screen_shows_exactly_what_the_overlay_export_saves(qtbot, tmp_path, method, attention):
+    """What the reader sees is what the PNG (and the report) save, LIME's outlines included; a map pale
+    everywhere stays pale on screen instead of being stretched to look like strong evidence. The film is
+    small enough that the screen's preview grid is the film's own, so the two compare pixel for pixel."""
+    from cxrviewer.explain.overlay import OverlaySettings, composite
+
+    class Shaped(FakeBackend):
+        def predict(self, ctx, predictor, film, film_key, model_key):
+            result = super().predict(ctx, predictor, film, film_key, model_key)
+            result.attention = attention(result.attention)
+            return result
+
+    win = make_window(qtbot, Shaped())
+    open_and_wait(qtbot, win, png(tmp_path / "f.png", gradient(90, 60)))
+    win.heatmap.set_method(method)
+    settle(qtbot, win)
+    screen = qimage_to_array(win.view.overlay)
+    assert screen.shape[:2] == win.view.gray.shape and screen[..., 3].any()
+    if attention(np.eye(7, dtype=np.float32)).max() < 1:  # pale: drawn in the colour map's middle, not its top
+        assert not np.all(screen[..., :3] == heatmap_top(win.heatmap.request.colormap), axis=-1).any()
+    if method == "lime":  # the strongest superpixels are outlined on screen as in the export
+        assert np.all(screen == (*OverlaySettings().outline_rgb, 255), axis=-1).any()
+    win.export_overlay(str(tmp_path / "ov.png"))
+    settle(qtbot, win)
+    saved = np.asarray(Image.open(tmp_path / "ov.png").convert("RGB"))
+    np.testing.assert_array_equal(composite(win.view.gray, screen), saved)
+
+
+def heatmap_top(colormap):
+    from cxrviewer.explain.overlay import heatmap_rgba
+
+    return heatmap_rgba(np.ones((1, 1), np.float32), colormap)[0, 0, :3]

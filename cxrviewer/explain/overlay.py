@@ -91,25 +91,21 @@ def composite(base: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     return (out + 0.5).astype(np.uint8)
 
 
-def _outline(rgb: np.ndarray, labels: np.ndarray, color: tuple) -> None:
-    """Draw superpixel boundaries in place, about 1/400 of the film's size thick so they stay visible
-    when a 2000-pixel film is shown shrunk in the viewport."""
-    from scipy.ndimage import binary_dilation
-    from skimage.segmentation import find_boundaries
-
-    edges = find_boundaries(labels, mode="inner") & (labels > 0)
-    thick = max(1, int(round(max(labels.shape) / 400)))
-    if thick > 1:
-        edges = binary_dilation(edges, iterations=thick - 1) & (labels > 0)
-    rgb[edges] = color
-
-
 def explanation_rgba(expl, settings: OverlaySettings = OverlaySettings(), out_shape: Optional[tuple] = None) -> np.ndarray:
-    """The explanation alone, as RGBA on the film grid (``out_shape`` for a smaller preview grid)."""
+    """The explanation alone, as RGBA on the film grid (``out_shape`` for a smaller preview grid), LIME's
+    strongest superpixels outlined. The viewer draws this on screen and the exports composite it, so
+    the reader sees what the PNG and the report will hold."""
     m = expl.film_map(out_shape)
-    if expl.signed:
-        return lime_rgba(m, settings.opacity, settings.threshold)
-    return heatmap_rgba(m, settings.colormap, settings.opacity, settings.threshold)
+    if not expl.signed:
+        return heatmap_rgba(m, settings.colormap, settings.opacity, settings.threshold)
+    rgba = lime_rgba(m, settings.opacity, settings.threshold)
+    if expl.segments is not None and settings.outline_top > 0:
+        floor = outline_floor(settings.threshold)
+        sides = [(True, settings.outline_rgb)] + ([(False, (0, 230, 230))] if settings.outline_negative else [])
+        for positive, colour in sides:
+            chosen = expl.outlined_segments(settings.outline_top, positive, floor)
+            rgba[expl.film_outline(chosen, m.shape)] = (*colour, 255)
+    return rgba
 
 
 def render_overlay(expl, film_image: np.ndarray, settings: OverlaySettings = OverlaySettings()) -> np.ndarray:
@@ -118,25 +114,7 @@ def render_overlay(expl, film_image: np.ndarray, settings: OverlaySettings = Ove
     base = as_rgb(film_image)
     if not settings.visible:
         return base.copy()
-    shape = base.shape[:2]
-    out = composite(base, explanation_rgba(expl, settings, shape))
-    if expl.signed and expl.segments is not None:
-        floor = outline_floor(settings.threshold)
-        if settings.outline_top > 0:
-            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, True, floor), shape),
-                     settings.outline_rgb)
-        if settings.outline_negative and settings.outline_top > 0:
-            _outline(out, _label_image(expl, expl.outlined_segments(settings.outline_top, False, floor), shape),
-                     (0, 230, 230))
-    return out
-
-
-def _label_image(expl, indices: list, shape: tuple) -> np.ndarray:
-    """Chosen superpixels as labels 1..k on the film grid, each mapped with ``Geometry.to_film``."""
-    labels = np.zeros(shape, dtype=np.int32)
-    for rank, seg in enumerate(indices, start=1):
-        labels[expl.film_mask([seg], out_shape=shape)] = rank
-    return labels
+    return composite(base, explanation_rgba(expl, settings, base.shape[:2]))
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8, gap_value: int = 0) -> np.ndarray:

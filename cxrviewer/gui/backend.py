@@ -187,7 +187,7 @@ class Backend:
 
     def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
                 out_side: int = 1024, cache_key=None):
-        """An overlay-ready explanation: (Explanation-like object, film-grid map at preview size, signed).
+        """An overlay-ready explanation: (Explanation, its map on the film grid at preview size).
 
         The map is resampled through the preprocessing's exact inverse onto a grid of at most
         ``out_side`` pixels a side with the film's field of view; the overlay is drawn stretched over the
@@ -209,14 +209,13 @@ class Backend:
                 predictor, film, method, class_index=class_index,
                 progress=lambda f: ctx.report(("progress", float(f))),
                 cancel=lambda: ctx.cancelled, prediction=prediction.raw, cache=self._expl_cache,
-                on_coarse=lambda e: ctx.report(("coarse", cache_key, e, np.asarray(e.film_map(out_shape), np.float32),
-                                                e.signed)),
+                on_coarse=lambda e: ctx.report(("coarse", cache_key, e, e.film_map(out_shape))),
             )
-        heat = np.asarray(expl.film_map(out_shape), dtype=np.float32)
+        heat = expl.film_map(out_shape)
         from cxrviewer.explain import overlay  # matplotlib's colour maps: imported here, not on the first draw
 
         overlay.heatmap_rgba(np.zeros((2, 2), np.float32))
-        return expl, heat, expl.signed
+        return expl, heat
 
 
 def prediction_result(pred, film_key: str, model_key: str, evidence=()) -> PredictionResult:

@@ -156,24 +156,13 @@ def sample_films() -> list:
     return [p for p in sorted(d.rglob("*")) if p.is_file() and is_supported(p) and not p.name.startswith(".")]
 
 
-def overlay_rgba(expl, heat, signed: bool, request) -> "np.ndarray":
-    """The explanation drawn as its exports draw it (one colouring for the screen, the PNG and the report),
-    LIME's strongest superpixels outlined. Maps come scaled by their producers (Grad-CAM by its peak,
-    attention by its range), so a map weak everywhere stays pale rather than being stretched."""
-    from cxrviewer.explain import overlay as ov
+def overlay_rgba(expl, shape, request) -> "np.ndarray":
+    """The explanation as its exports draw it, on the preview grid ``shape``: one colouring and one
+    outlining for the screen, the PNG and the report. Maps come scaled by their producers (Grad-CAM by
+    its peak, attention by its range), so a map weak everywhere stays pale rather than being stretched."""
+    from cxrviewer.explain.overlay import explanation_rgba
 
-    if signed:
-        rgba = ov.lime_rgba(heat, request.opacity, request.threshold)
-        if expl is not None and getattr(expl, "segments", None) is not None:
-            try:
-                floor = ov.outline_floor(request.threshold)
-                mask = expl.film_mask(expl.outlined_segments(5, True, floor), heat.shape)
-                edges = mask ^ _erode(mask)
-                rgba[edges] = (255, 235, 0, 255)
-            except Exception:  # noqa: BLE001  (outlines are a nicety)
-                pass
-        return rgba
-    return ov.heatmap_rgba(heat, request.colormap, request.opacity, request.threshold)
+    return explanation_rgba(expl, _overlay_settings(request), shape)
 
 
 def _overlay_settings(request):
@@ -182,18 +171,10 @@ def _overlay_settings(request):
     return OverlaySettings(colormap=request.colormap, opacity=request.opacity, threshold=request.threshold)
 
 
-def _export_overlay_job(ctx, path, gray, heat, request):  # worker thread
+def _export_overlay_job(ctx, path, gray, expl, request):  # worker thread
     from cxrviewer.explain import render_overlay, save_overlay_png
-    from cxrviewer.explain.overlay import composite
 
-    key, expl, small, signed = heat
-    if expl is not None:
-        return str(save_overlay_png(path, render_overlay(expl, gray, _overlay_settings(request))))
-    from PIL import Image  # a bare film-grid map: drawn at its preview size, stretched over the film
-
-    rgba = overlay_rgba(None, small, signed, request)
-    over = np.asarray(Image.fromarray(rgba, "RGBA").resize((gray.shape[1], gray.shape[0]), Image.BILINEAR))
-    return str(save_overlay_png(path, composite(gray, over)))
+    return str(save_overlay_png(path, render_overlay(expl, gray, _overlay_settings(request))))
 
 
 def _export_report_job(ctx, path, film, gray, expl, request, prediction, model_name, version, include_ids):
@@ -240,15 +221,6 @@ class ReportDialog(QDialog):
         return self.edit.text().strip()
 
 
-def _erode(mask: "np.ndarray") -> "np.ndarray":
-    m = mask.copy()
-    m[1:, :] &= mask[:-1, :]
-    m[:-1, :] &= mask[1:, :]
-    m[:, 1:] &= mask[:, :-1]
-    m[:, :-1] &= mask[:, 1:]
-    return m
-
-
 class MainWindow(QMainWindow):
     settled = Signal()  # nothing is being computed any more (used by --screenshot and tests)
 
@@ -275,7 +247,7 @@ class MainWindow(QMainWindow):
         self.model_error: Optional[str] = None
         self.prediction: Optional[PredictionResult] = None
         self.predictions: dict = {}  # (model key, path) -> PredictionResult
-        self.heat_cache: dict = {}  # (path, model, method, class) -> (explanation, film-grid map, signed)
+        self.heat_cache: dict = {}  # (path, model, method, class) -> (explanation, its map on the preview grid)
         self.heat: Optional[tuple] = None
         self.last_method = "attention"
         self.errors: list = []  # messages shown this session (for tests and --screenshot)
@@ -1130,9 +1102,9 @@ class MainWindow(QMainWindow):
         if item[0] == "progress":
             self.heatmap.set_note(f"Computing {label} for {target}… {item[1] * 100:.0f}%")
         elif item[0] == "coarse":  # an early LIME estimate: show it while the refined one is computed
-            _tag, key, expl, heat, signed = item
+            _tag, key, expl, heat = item
             if key[0] == self.current_path:
-                self.heat = (key, expl, heat, signed)
+                self.heat = (key, expl, heat)
                 self._draw_overlay()
                 self.heatmap.set_note(f"{label} for {target}: early estimate, refining…")
 
@@ -1159,8 +1131,8 @@ class MainWindow(QMainWindow):
         if self.heat is None:
             self.view.set_overlay(None)
             return
-        _key, expl, heat, signed = self.heat
-        self.view.set_overlay(overlay_rgba(expl, heat, signed, self.heatmap.request))
+        _key, expl, heat = self.heat
+        self.view.set_overlay(overlay_rgba(expl, heat.shape, self.heatmap.request))
 
     # =============================================================================== status
     def _cursor_moved(self, info) -> None:
@@ -1244,7 +1216,7 @@ class MainWindow(QMainWindow):
         if self.film is None or self.heat is None or self.view.gray is None:
             self.show_error("Show a heatmap first: the export is the film with its explanation.", kind="info")
             return None
-        return self.film, self.view.gray.copy(), self.heat, self.heatmap.request, self.prediction
+        return self.film, self.view.gray.copy(), self.heat[1], self.heatmap.request, self.prediction
 
     def export_overlay_dialog(self) -> None:
         inputs = self._export_inputs()
@@ -1258,9 +1230,9 @@ class MainWindow(QMainWindow):
 
     def export_overlay(self, path: str, inputs=None) -> None:
         """The film as displayed (window, inversion) with the heatmap, at full resolution, no metadata."""
-        film, gray, heat, request, _pred = inputs or self._export_inputs()
+        film, gray, expl, request, _pred = inputs or self._export_inputs()
         # one channel per file: exports never supersede each other (they are not "newer requests")
-        self.runner.submit(f"export:{path}", _export_overlay_job, path, gray, heat, request, label="Exporting overlay",
+        self.runner.submit(f"export:{path}", _export_overlay_job, path, gray, expl, request, label="Exporting overlay",
                            on_done=lambda p: self.show_error(f"Saved {Path(p).name}", kind="info"),
                            on_error=lambda msg, exc: self.show_error(f"Export failed: {msg}"))
 
@@ -1275,11 +1247,7 @@ class MainWindow(QMainWindow):
     def export_report(self, path: str, include_identifiers: bool = False, inputs=None) -> None:
         """One page: film, heatmap, probabilities, model and version, date, disclaimer; identifiers only
         when the reader ticks the box."""
-        film, gray, heat, request, pred = inputs or self._export_inputs()
-        key, expl, _map, _signed = heat
-        if expl is None:
-            self.show_error("Reports need the explanation package; export the overlay instead.", kind="info")
-            return
+        film, gray, expl, request, pred = inputs or self._export_inputs()
         model = self.model
         self.runner.submit(f"export:{path}", _export_report_job, path, film, gray, expl, request,
                            pred.raw if pred is not None else None, model.display_name if model else "",
