@@ -57,6 +57,9 @@ class FakeBackend(Backend):
     def load_predictor(self, ctx, choice, device_pref):
         return object(), "CPU (test)"
 
+    def warm(self, ctx, predictor):
+        return ""  # no fast copy to build for a fake
+
     def predict(self, ctx, predictor, film, film_key, model_key):
         time.sleep(self.delays.get(Path(film_key).name, 0.0))
         p = float(np.clip(film.pixels.mean() / 255.0, 0.01, 0.99))

@@ -67,10 +67,10 @@ def model_licences(choices: Iterable) -> list:
     """(model name, source, licence) from the model cards, bundled models first."""
     out = []
     for c in choices:
-        meta = getattr(c, "metadata", None) or {}
+        meta = c.metadata or {}
         card = meta.get("card") if isinstance(meta.get("card"), dict) else {}
         licence = card.get("licence") or card.get("license") or meta.get("licence") or "not stated in the model card"
-        out.append((getattr(c, "display_name", "?"), getattr(c, "source", ""), str(licence)))
+        out.append((c.display_name, c.source, str(licence)))
     out.sort(key=lambda r: (r[1] != "bundled", r[0]))
     return out
 
@@ -120,9 +120,8 @@ def show_about(win) -> "QDialog":  # noqa: F821
     dlg.setWindowTitle("About CXR Viewer")
     text = QTextBrowser()
     text.setOpenExternalLinks(True)
-    device = win.device_label.text().removeprefix("Device: ") if hasattr(win, "device_label") else ""
-    text.setHtml(about_html(getattr(win, "choices", []), device,
-                            models_listed=not getattr(win, "_discover_pending", False)))
+    device = win.device_label.text().removeprefix("Device: ")
+    text.setHtml(about_html(win.choices, device, models_listed=not win._discover_pending))
     buttons = QDialogButtonBox(QDialogButtonBox.Close)
     buttons.rejected.connect(dlg.close)
     lay = QVBoxLayout(dlg)

@@ -151,11 +151,7 @@ class Backend:
         notices: list = []
         dev = devmod.select_device(device_pref, notices=notices)
         predictor = cache.get(choice.entry if choice.entry is not None else choice.path, dev)
-        pdev = getattr(predictor, "device", dev)
-        try:
-            text = devmod.describe_device(pdev)
-        except Exception:  # noqa: BLE001
-            text = str(pdev)
+        text = devmod.describe_device(predictor.device)
         self.device_text = text
         self.device_notices = notices
         return predictor, text
@@ -172,8 +168,7 @@ class Backend:
 
         lime_explainer.preload()
         ctx.check()
-        warm_fast = getattr(predictor, "warm_fast", None)
-        return warm_fast() if warm_fast is not None else ""
+        return predictor.warm_fast()
 
     def predict(self, ctx, predictor, film, film_key: str, model_key: str) -> PredictionResult:
         # one forward at a time per process: the worklist batch and the current film share the model,
@@ -183,7 +178,7 @@ class Backend:
         from cxrviewer.ood import header_evidence
 
         return prediction_result(pred, film_key, model_key,
-                                 header_evidence(getattr(film, "info", None), getattr(predictor, "population", None)))
+                                 header_evidence(film.info, predictor.population))
 
     def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
                 out_side: int = 1024, cache_key=None):

@@ -259,6 +259,7 @@ class MainWindow(QMainWindow):
         self.heatmap_if_model: Optional[str] = None  # --screenshot shows a heatmap when a model is there
         self._model_view_pending = False
         self._warmed = None  # the predictor whose explanation path was prepared
+        self._train_dialog = None  # made on first use, then kept so a running training stays watched
 
         self.setWindowTitle("CXR Viewer")
         icon_path = app_icon_path()
@@ -761,7 +762,7 @@ class MainWindow(QMainWindow):
     def _models_discovered(self, result) -> None:
         choices, default, arg_choice, arg_error = result
         self.choices = list(choices)
-        problems = getattr(self.backend, "problems", None) or []
+        problems = self.backend.problems
         hint = f"{len(problems)} model file(s) could not be used (hover for why)" if problems else ""
         why = [f"{Path(str(p)).name}: {m}" for p, m in problems]
         self.selector.set_problems("\n".join(["Not usable:", *why]) if why else "")
@@ -852,7 +853,7 @@ class MainWindow(QMainWindow):
         self.predictor, device_text = result
         self.predictor_key = key
         self.device_label.setText(f"Device: {device_text}")
-        notices = list(getattr(self.backend, "device_notices", None) or [])
+        notices = self.backend.device_notices
         if notices:
             self.show_error("; ".join(str(n) for n in notices), kind="info")
         if self.film is not None:
@@ -874,7 +875,7 @@ class MainWindow(QMainWindow):
         except ImportError as exc:
             self.show_error(f"The trainer is not available in this installation ({exc}).")
             return
-        dlg = getattr(self, "_train_dialog", None)
+        dlg = self._train_dialog
         if dlg is None:
             dlg = TrainDialog(self)
             dlg.model_installed.connect(lambda _path: self.refresh_models())
@@ -912,7 +913,7 @@ class MainWindow(QMainWindow):
         self.choices = [c for c in self.choices if c.key != choice.key] + [choice]
         self.selector.set_choices(self.choices, choice.key)
         self.choose_model(choice.key)
-        if getattr(choice, "install_problem", ""):
+        if choice.install_problem:
             self.show_error(f"Model {choice.display_name} is used from {Path(choice.path).name} where it is: it could "
                             f"not be copied into your model folder ({choice.install_problem}).", kind="info")
             return
@@ -948,8 +949,7 @@ class MainWindow(QMainWindow):
 
     def _prediction_done(self, result: PredictionResult) -> None:
         self.predictions[(result.model_key, result.film_key)] = result
-        self.worklist.set_prediction(result.film_key, result.classes, result.probs, result.top_class,
-                                     getattr(result.ood, "verdict", ""))
+        self._list_prediction(result)
         if result.film_key != self.current_path or self.model is None or result.model_key != self.model.key:
             return  # a result for a film or model that is no longer shown
         self._show_prediction(result)
@@ -1019,13 +1019,16 @@ class MainWindow(QMainWindow):
 
         self.runner.submit("batch", run, label=f"Worklist: {len(todo)} films", on_progress=self._batch_progress)
 
+    def _list_prediction(self, result: PredictionResult) -> None:
+        self.worklist.set_prediction(result.film_key, result.classes, result.probs, result.top_class,
+                                     result.ood.verdict if result.ood is not None else "")
+
     def _batch_progress(self, item) -> None:
         if isinstance(item, PredictionResult):
             if self.model is None or item.model_key != self.model.key:
                 return
             self.predictions[(item.model_key, item.film_key)] = item
-            self.worklist.set_prediction(item.film_key, item.classes, item.probs, item.top_class,
-                                         getattr(getattr(item, "ood", None), "verdict", ""))
+            self._list_prediction(item)
             if item.film_key == self.current_path and self.prediction is None and self.film is not None:
                 self.runner.cancel("predict")
                 self._show_prediction(item)

@@ -121,6 +121,7 @@ class TrainDialog(QDialog):
         self.extra_args: list = []  # appended to the trainer's command line (advanced use, tests)
         self.run_dir: Optional[Path] = None
         self.report_path: Optional[Path] = None
+        self._checkpoint: Optional[str] = None  # the best checkpoint the run reported when done
         self.last_event: Optional[dict] = None
         self.state = "idle"  # idle | running | cancelling | finished | cancelled | failed
         self._stdout_buf = b""
@@ -312,6 +313,7 @@ class TrainDialog(QDialog):
         self.warnings_box.setVisible(False)
         self.progress_bar.setValue(0)
         self.report_path = None
+        self._checkpoint = None
         self._stdout_buf = b""
         self._stderr_tail = []
         proc = QProcess(self)
@@ -434,13 +436,13 @@ class TrainDialog(QDialog):
 
     def _on_success(self):
         msg = "Training finished."
-        ckpt = getattr(self, "_checkpoint", None)
+        ckpt = self._checkpoint
         if self.install_on_finish and ckpt:
             try:
                 from cxrviewer.model_store import install_model
 
                 entry = install_model(ckpt, overwrite=False)
-                dest = str(getattr(entry, "path", entry))
+                dest = str(entry.path)
                 msg += f" The model is installed ({Path(dest).name}) and selectable in the model list."
                 self.model_installed.emit(dest)
             except Exception as e:  # a refusal from the store must not hide a finished run
