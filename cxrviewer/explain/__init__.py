@@ -59,11 +59,7 @@ def explain(
     if class_index is None and prediction is not None:
         import numpy as np
 
-        probs = getattr(prediction, "probs", None)
-        if probs is None:
-            probs = getattr(prediction, "probabilities", None)
-        if probs is not None:
-            class_index = int(np.argmax(np.asarray(probs).ravel()))
+        class_index = int(np.argmax(np.asarray(prediction.probs).ravel()))
     if method == "lime":
         from cxrviewer.explain.lime_explainer import LimeSettings
 

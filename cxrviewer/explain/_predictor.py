@@ -15,27 +15,15 @@ from cxrviewer.preprocess import PreprocessSpec
 
 
 def spec_of(predictor) -> PreprocessSpec:
-    spec = getattr(predictor, "spec", None) or getattr(predictor, "preprocess_spec", None)
-    if isinstance(spec, PreprocessSpec):
-        return spec
-    if isinstance(spec, dict):
-        return PreprocessSpec.from_dict(spec)
-    card = card_of(predictor)
-    if card and isinstance(card.get("preprocess"), dict):
-        return PreprocessSpec.from_dict(card["preprocess"])
-    return PreprocessSpec()
+    """The Predictor's spec; a bare model is taken to use the default preprocessing."""
+    spec = getattr(predictor, "spec", None)
+    return spec if isinstance(spec, PreprocessSpec) else PreprocessSpec()
 
 
 def card_of(predictor) -> dict:
+    """The Predictor's model card ({} for a bare model or a function)."""
     card = getattr(predictor, "card", None)
-    if card is None:
-        return {}
-    if isinstance(card, dict):
-        return card
-    to_dict = getattr(card, "to_dict", None)
-    if callable(to_dict):
-        return to_dict()
-    return dict(getattr(card, "__dict__", {}))
+    return card if isinstance(card, dict) else {}
 
 
 def model_of(predictor):
@@ -50,9 +38,7 @@ def lime_segmentation_of(predictor) -> Optional[str]:
 
 
 def class_names_of(predictor, num_classes: Optional[int] = None) -> list:
-    names = getattr(predictor, "classes", None) or getattr(predictor, "class_names", None)
-    if not names:
-        names = card_of(predictor).get("classes")
+    names = getattr(predictor, "classes", None)
     if names:
         return [str(n) for n in names]
     n = num_classes or int(getattr(model_of(predictor), "num_classes", 0) or 0)

@@ -17,12 +17,9 @@ from cxrviewer.explain import _predictor as P
 from cxrviewer.explain.types import Explanation, NoAttention, film_key
 
 
-def _first(obj, *names):
-    for n in names:
-        v = getattr(obj, n, None) if not isinstance(obj, dict) else obj.get(n)
-        if v is not None:
-            return v
-    return None
+def _field(prediction, name: str):
+    """A field of a Prediction, or of the dict :func:`_predict` makes for a bare model (None if absent)."""
+    return prediction.get(name) if isinstance(prediction, dict) else getattr(prediction, name, None)
 
 
 def _to_map(amap) -> Optional[np.ndarray]:
@@ -54,24 +51,24 @@ def explain_attention(predictor, film, class_index: Optional[int] = None, predic
     ran_now = prediction is None
     if ran_now:
         prediction = _predict(predictor, film)
-    amap = _first(prediction, "attention", "attention_map")
+    amap = _field(prediction, "attention")
     if amap is None and ran_now and hasattr(model, "attention_map"):
         # Only straight after our own forward: later passes (LIME batches) overwrite the model's record.
         amap = model.attention_map()
     amap = _to_map(amap)
     if amap is None:
         raise NoAttention(name)
-    probs = _first(prediction, "probs", "probabilities")
+    probs = _field(prediction, "probs")
     probs = np.asarray(probs.detach().cpu().numpy() if hasattr(probs, "detach") else probs, dtype=np.float64).ravel()
     if class_index is None:
         class_index = int(np.argmax(probs))
-    names = _first(prediction, "classes", "class_names") or P.class_names_of(predictor, len(probs))
+    names = _field(prediction, "classes") or P.class_names_of(predictor, len(probs))
     return Explanation(
         method="attention",
         class_index=int(class_index),
         class_name=str(names[class_index]) if class_index < len(names) else f"class {class_index}",
         model_map=amap,
-        geometry=_first(prediction, "geometry"),
+        geometry=_field(prediction, "geometry"),
         elapsed=time.perf_counter() - t0,
         settings={"description": getattr(model, "attention_description", "")},
         probability=float(probs[class_index]),
