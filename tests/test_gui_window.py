@@ -79,8 +79,7 @@ class FakeBackend(Backend):
         geo = Geometry((h, w), 224, 224 / h, 224 / w)  # squashed into the model input
         cls = prediction.classes.index(target_class)
         if method != "lime":
-            expl = Explanation(method, cls, target_class, prediction.attention, geo)
-            return expl, expl.film_map(preview)
+            return Explanation(method, cls, target_class, prediction.attention, geo), preview
         segments = (np.arange(224)[:, None] // 32 * 7 + np.arange(224)[None, :] // 32).astype(np.int32)
         weights = np.asarray(prediction.attention, np.float32).ravel() * 2 - 1
 
@@ -88,14 +87,12 @@ class FakeBackend(Backend):
             return Explanation("lime", cls, target_class, wts[segments], geo, segments=segments,
                                segment_weights=wts, coarse=coarse)
 
-        early = lime(weights * 0.5, coarse=True)
-        ctx.report(("coarse", cache_key, early, early.film_map(preview)))
+        ctx.report(("coarse", cache_key, lime(weights * 0.5, coarse=True), preview))
         for i in range(40):
             ctx.check()
             ctx.report(("progress", i / 40))
             time.sleep(0.02)
-        expl = lime(weights)
-        return expl, expl.film_map(preview)
+        return lime(weights), preview
 
 
 def png(path, arr):
@@ -660,3 +657,24 @@ def heatmap_top(colormap):
     from cxrviewer.explain.overlay import heatmap_rgba
 
     return heatmap_rgba(np.ones((1, 1), np.float32), colormap)[0, 0, :3]
+
+
+def test_films_left_behind_keep_their_explanations_but_not_their_film_grids(qtbot, tmp_path):
+    """Reading down a long worklist with a heatmap on: each film's explanation stays cached, so flipping
+    back shows it at once and unchanged, but a film the reader has left does not keep its preview-grid
+    map (megabytes each; hundreds of films would hold gigabytes)."""
+    win = make_window(qtbot, FakeBackend())
+    a, b = png(tmp_path / "a.png", gradient()), png(tmp_path / "b.png", gradient(top=128))
+    open_and_wait(qtbot, win, a, b)
+    win.heatmap.set_method("gradcam")
+    settle(qtbot, win)
+    first, shown = win.heat[1], qimage_to_array(win.view.overlay)
+    assert first._film_cache  # drawn from its kept preview map
+    win.worklist.step(+1)
+    settle(qtbot, win)
+    assert win.current_path == b and win.heat[1] is not first
+    assert not first._film_cache  # a's explanation is still cached, its film-grid copy is not
+    win.worklist.step(-1)
+    settle(qtbot, win)
+    assert win.heat[1] is first  # the cached explanation, not a new computation
+    np.testing.assert_array_equal(qimage_to_array(win.view.overlay), shown)

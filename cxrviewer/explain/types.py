@@ -109,6 +109,12 @@ class Explanation:
                 self._film_cache[key] = cached
             return cached
 
+    def drop_film_grids(self) -> None:
+        """Forget the film-grid maps and outlines kept so far (they are recomputed on the next draw):
+        the explanation stays small (model-space data only) while its film is not on screen."""
+        with self._lock:
+            self._film_cache.clear()
+
     def top_segments(self, k: int, positive: bool = True) -> list:
         """Indices of the ``k`` superpixels pushing hardest towards (``positive``) or against the class."""
         return [] if self.segment_weights is None else top_indices(self.segment_weights, k, positive)

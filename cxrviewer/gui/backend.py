@@ -182,11 +182,12 @@ class Backend:
 
     def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
                 out_side: int = 1024, cache_key=None):
-        """An overlay-ready explanation: (Explanation, its map on the film grid at preview size).
+        """An overlay-ready explanation: (Explanation, the shape of its preview grid).
 
-        The map is resampled through the preprocessing's exact inverse onto a grid of at most
-        ``out_side`` pixels a side with the film's field of view; the overlay is drawn stretched over the
-        film, so this looks the same as full resolution and keeps 3000×3000 films quick.
+        The preview grid has the film's field of view and at most ``out_side`` pixels a side; the overlay
+        is drawn on it and stretched over the film, so it looks the same as full resolution and keeps
+        3000×3000 films quick. The map is resampled onto it here, in the worker, through the
+        preprocessing's exact inverse, and kept by the explanation for the window's first draw.
         """
         h, w = film.shape
         s = min(1.0, out_side / max(h, w))
@@ -204,13 +205,20 @@ class Backend:
                 predictor, film, method, class_index=class_index,
                 progress=lambda f: ctx.report(("progress", float(f))),
                 cancel=lambda: ctx.cancelled, prediction=prediction.raw, cache=self._expl_cache,
-                on_coarse=lambda e: ctx.report(("coarse", cache_key, e, e.film_map(out_shape))),
+                on_coarse=lambda e: ctx.report(("coarse", cache_key, e, _drawn(e, out_shape))),
             )
-        heat = expl.film_map(out_shape)
+        _drawn(expl, out_shape)
         from cxrviewer.explain import overlay  # matplotlib's colour maps: imported here, not on the first draw
 
         overlay.heatmap_rgba(np.zeros((2, 2), np.float32))
-        return expl, heat
+        return expl, out_shape
+
+
+def _drawn(expl, shape: tuple) -> tuple:
+    """Resample ``expl`` onto the preview grid here, in the worker (the explanation keeps it), so the
+    window's first draw does not; returns the grid's shape."""
+    expl.film_map(shape)
+    return shape
 
 
 def prediction_result(pred, film_key: str, model_key: str, evidence=()) -> PredictionResult:

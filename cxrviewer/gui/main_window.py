@@ -247,7 +247,7 @@ class MainWindow(QMainWindow):
         self.model_error: Optional[str] = None
         self.prediction: Optional[PredictionResult] = None
         self.predictions: dict = {}  # (model key, path) -> PredictionResult
-        self.heat_cache: dict = {}  # (path, model, method, class) -> (explanation, its map on the preview grid)
+        self.heat_cache: dict = {}  # (path, model, method, class) -> (explanation, its preview grid's shape)
         self.heat: Optional[tuple] = None
         self.last_method = "attention"
         self.errors: list = []  # messages shown this session (for tests and --screenshot)
@@ -674,6 +674,7 @@ class MainWindow(QMainWindow):
         self.runner.cancel("explain")
         self.prediction = None
         self.heat = None
+        self._release_film_grids(path)
         self.film_error = None
         # never show the previous film under the new film's name, even for the moment it takes to load
         self.film = None
@@ -1087,13 +1088,21 @@ class MainWindow(QMainWindow):
                            on_done=lambda res, k=key, p=path, t=target: self._heat_done(k, p, t, res),
                            on_error=lambda msg, exc, p=path: self._heat_failed(p, msg))
 
+    def _release_film_grids(self, keep_path: str) -> None:
+        """Let the explanations of films the reader has left drop their film-grid copies (a preview map
+        is megabytes; over a worklist of hundreds of films they would add up to gigabytes). The
+        explanations themselves stay cached: flipping back redraws them from their model-space maps."""
+        for (path, *_rest), (expl, _shape) in self.heat_cache.items():
+            if path != keep_path:
+                expl.drop_film_grids()
+
     def _heat_done(self, key, path, target, result) -> None:
         self.heatmap.set_busy(False)
         self.heat_cache[key] = result
         if path != self.current_path:
             return
         self.heat = (key,) + tuple(result)
-        heat = np.asarray(result[1], dtype=np.float32)
+        heat = result[0].film_map(result[1])  # drawn in the worker: kept by the explanation
         flat = heat.size == 0 or float(np.nanmax(heat) - np.nanmin(heat)) < 1e-9
         self.heatmap.set_note(f"{vm.HEATMAP_LABELS[key[2]]} for {target}"
                               + (": flat map, no region changes the model's output" if flat else ""))
@@ -1105,9 +1114,9 @@ class MainWindow(QMainWindow):
         if item[0] == "progress":
             self.heatmap.set_note(f"Computing {label} for {target}… {item[1] * 100:.0f}%")
         elif item[0] == "coarse":  # an early LIME estimate: show it while the refined one is computed
-            _tag, key, expl, heat = item
+            _tag, key, expl, shape = item
             if key[0] == self.current_path:
-                self.heat = (key, expl, heat)
+                self.heat = (key, expl, shape)
                 self._draw_overlay()
                 self.heatmap.set_note(f"{label} for {target}: early estimate, refining…")
 
@@ -1134,8 +1143,8 @@ class MainWindow(QMainWindow):
         if self.heat is None:
             self.view.set_overlay(None)
             return
-        _key, expl, heat = self.heat
-        self.view.set_overlay(overlay_rgba(expl, heat.shape, self.heatmap.request))
+        _key, expl, shape = self.heat
+        self.view.set_overlay(overlay_rgba(expl, shape, self.heatmap.request))
 
     # =============================================================================== status
     def _cursor_moved(self, info) -> None:
