@@ -44,13 +44,13 @@ def main(argv=None) -> int:
     from cxrviewer.explain.types import outline_floor
     from cxrviewer.film.loader import load_film
     from cxrviewer.inference import Predictor
+    from cxrviewer.preprocess import preview_shape
 
     film = load_film(args.film)
     predictor = Predictor.from_checkpoint(args.model, "cpu")
     expl = ex.explain(predictor, film, "lime", prediction=predictor.predict_film(film))
     h, w = film.shape
-    s = min(1.0, PREVIEW_SIDE / max(h, w))
-    shape = (max(1, round(h * s)), max(1, round(w * s)))
+    shape = preview_shape(film.shape, PREVIEW_SIDE)
     outlined = expl.outlined_segments(5, True, outline_floor(OverlaySettings().threshold))
     print(f"{Path(args.film).name} {w}×{h}, preview {shape[1]}×{shape[0]}, {expl.segment_weights.size} "
           f"superpixels, {len(outlined)} outlined; {platform.processor() or platform.machine()}, "

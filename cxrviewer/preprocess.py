@@ -89,6 +89,14 @@ class Geometry:
         return (tmp[:, x0] * (1 - wx)[None, :] + tmp[:, np.minimum(x0 + 1, w - 1)] * wx[None, :]).astype(np.float32)
 
 
+def preview_shape(shape: tuple, longest: int) -> tuple:
+    """(h, w) of a grid with the field of view of ``shape`` (H, W, ...) and at most ``longest`` pixels a
+    side (``shape`` itself when it is no larger): the ``out_shape`` of a preview, or a downscale."""
+    h, w = shape[:2]
+    s = min(1.0, longest / max(h, w))
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
 def _linear_taps(coord: np.ndarray, n: int):
     c = np.clip(coord, 0, n - 1)
     i0 = np.floor(c).astype(np.intp)

@@ -23,7 +23,7 @@ from cxrviewer import DISCLAIMER  # noqa: E402
 from cxrviewer.explain.types import Explanation  # noqa: E402
 from cxrviewer.gui.backend import Backend, ModelChoice, PredictionResult  # noqa: E402
 from cxrviewer.gui.image_view import qimage_to_array  # noqa: E402
-from cxrviewer.preprocess import Geometry  # noqa: E402
+from cxrviewer.preprocess import Geometry, preview_shape  # noqa: E402
 
 import dicom_factory as dfac  # noqa: E402
 from gui_helpers import settle as gui_settle, show_window  # noqa: E402
@@ -74,8 +74,7 @@ class FakeBackend(Backend):
         """Real Explanations of the fake's attention (LIME: its 7×7 cells as superpixels, weighted by it),
         on a 256-pixel preview grid; LIME is slow on purpose, cancels cooperatively and reports a coarse map."""
         h, w = film.shape
-        s = min(1.0, 256 / max(h, w))
-        preview = (max(1, round(h * s)), max(1, round(w * s)))
+        preview = preview_shape(film.shape, 256)
         geo = Geometry((h, w), 224, 224 / h, 224 / w)  # squashed into the model input
         cls = prediction.classes.index(target_class)
         if method != "lime":

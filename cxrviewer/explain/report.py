@@ -38,12 +38,12 @@ def save_overlay_png(path, rgb: np.ndarray) -> Path:
 def _shrink(img: np.ndarray, longest: int = REPORT_PIXELS) -> np.ndarray:
     from PIL import Image
 
-    h, w = img.shape[:2]
-    s = longest / max(h, w)
-    if s >= 1:
+    from cxrviewer.preprocess import preview_shape
+
+    h, w = preview_shape(img.shape, longest)
+    if (h, w) == img.shape[:2]:
         return img
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).resize(size, Image.LANCZOS))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).resize((w, h), Image.LANCZOS))
 
 
 def _probabilities(prediction, classes: Optional[Sequence] = None) -> list:

@@ -189,9 +189,9 @@ class Backend:
         3000×3000 films quick. The map is resampled onto it here, in the worker, through the
         preprocessing's exact inverse, and kept by the explanation for the window's first draw.
         """
-        h, w = film.shape
-        s = min(1.0, out_side / max(h, w))
-        out_shape = (max(1, round(h * s)), max(1, round(w * s)))
+        from cxrviewer.preprocess import preview_shape
+
+        out_shape = preview_shape(film.shape, out_side)
         class_index = None
         if target_class in prediction.classes:
             class_index = prediction.classes.index(target_class)
