@@ -73,11 +73,17 @@ CLASSES = ["Normal", "Pneumonia", "COVID-19"]
 DATA = ROOT.parent / "shared" / "data"
 TOP_K = 5
 GOLD_SEED = 4242
+#: where every network of a run is placed (``--device``); the lime reference runs its plain copy there too
+DEVICE = torch.device("cpu")
+#: films named in a file (``--film-list``), in place of :func:`pick_films`'s choice from ``DATA``
+FILM_LIST: list = []
 
 
 # --- films and models --------------------------------------------------------------------------------
 def pick_films(n: int) -> list:
     """Alternating paediatric full-resolution and adult films, spread over the classes, deterministic."""
+    if FILM_LIST:
+        return FILM_LIST[:n]
     groups = []
     for sub in ("kermany-fullres", "adult"):
         root = DATA / sub
@@ -106,7 +112,7 @@ def build_predictor(name_or_path: str, calib_grays: list):
     from cxrviewer.models import create_model
 
     if name_or_path.endswith(".safetensors"):
-        pred = Predictor.from_checkpoint(name_or_path, "cpu")
+        pred = Predictor.from_checkpoint(name_or_path, DEVICE)
     else:
         torch.manual_seed(0)
         with warnings.catch_warnings():
@@ -115,7 +121,7 @@ def build_predictor(name_or_path: str, calib_grays: list):
             model = create_model(name_or_path, len(CLASSES), pretrained=pretrained).eval()
         spec = PreprocessSpec()
         model = realistic(model, calib_grays, spec, restat_bn=pretrained is None)  # keep an ImageNet backbone
-        pred = Predictor(model, card_defaults(model, CLASSES, name=name_or_path), torch.device("cpu"))
+        pred = Predictor(model, card_defaults(model, CLASSES, name=name_or_path), DEVICE)
     # what the viewer does in the background once a model's first reading is shown (Backend.warm): without
     # it the first film explained would pay for importing lime, scikit-image and scikit-learn (about a
     # second), which the lime reference timed after it then would not
@@ -140,28 +146,36 @@ def plain_copy(model):
 def plain_predict(model, spec):
     """The reference's predict function: uint8 RGB batch -> fp32 eager softmax, NCHW."""
     def predict(imgs):
-        x = torch.from_numpy(np.stack([normalise(im[:, :, 0], spec) for im in imgs]))
+        x = torch.from_numpy(np.stack([normalise(im[:, :, 0], spec) for im in imgs])).to(DEVICE)
         with torch.no_grad():
-            return torch.softmax(model(x), dim=1).numpy()
+            return torch.softmax(model(x), dim=1).cpu().numpy()
 
     return predict
 
 
-def exact_batched(pred, spec, batch=16):  # CPU batches much above 16 run slower per film
+def exact_batched(pred, spec, batch=None):
+    batch = batch or data_batch()
+
     def predict(imgs):
         return pred.fast_predict_batch(normalise(imgs[..., 0], spec), batch_size=batch, bf16=False)
 
     return predict
 
 
-def lime_data(predict, image, segments, n, seed, batch=16, sampling="independent"):
+def data_batch() -> int:
+    """Batch of the gold and reference runs' network passes: CPU batches much above 16 run slower per
+    film; a GPU wants large ones."""
+    return 16 if DEVICE.type == "cpu" else 256
+
+
+def lime_data(predict, image, segments, n, seed, batch=None, sampling="independent"):
     """lime's neighbourhood (same random stream as ``explain_instance`` with ``random_state=seed``)."""
     explainer = _lime_explainer_class()(random_state=seed)
     explainer.sampling = sampling
     fudged = image.copy()
     for s in np.unique(segments):
         fudged[segments == s] = image[segments == s].mean(axis=0)
-    data, labels = explainer.data_labels(image, fudged, segments, predict, n, batch_size=batch)
+    data, labels = explainer.data_labels(image, fudged, segments, predict, n, batch_size=batch or data_batch())
     return explainer, data, labels
 
 
@@ -218,7 +232,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
     # the explanation under test and the gold alternate (a cost the viewer, with one fast copy, never pays)
     from cxrviewer.inference import Predictor
 
-    gold_pred = Predictor(pred.model, pred.card, "cpu")
+    gold_pred = Predictor(pred.model, pred.card, DEVICE)
     label = pred.model_name if name.endswith(".safetensors") else name  # the card's name, not "best"
     res = {"model": label, "films": len(films), "j_ref": [], "j_ours": [], "jm_ref": [], "jm_ours": [], "t_ours": [], "t_ref": [], "t_ours_ref": [],
            "n_seg_qs": [], "n_seg_ours": [], "samples": [], "tune": {}}
@@ -500,7 +514,17 @@ def main(argv=None) -> int:
                    help="override our segmentation (default: the model's own, see CXRModel.lime_segmentation)")
     p.add_argument("--tune-segments", default="20,30,50", help="SLIC n_segments values --tune sweeps")
     p.add_argument("--tune-samples", default="60,100,150,200,300,400", help="sample counts --tune sweeps")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps: where the networks run (the "
+                   "targets are stated for a CPU; a GPU run times the same work there)")
+    p.add_argument("--film-list", default=None, metavar="FILE",
+                   help="films to use, one path per line (relative to the file's folder), instead of the "
+                        "choice from ../shared/data; for a machine that has only a copy of those films")
     args = p.parse_args(argv)
+    global DEVICE, FILM_LIST
+    DEVICE = torch.device(args.device)
+    if args.film_list:
+        listed = Path(args.film_list)
+        FILM_LIST = [listed.parent / line.strip() for line in listed.read_text().splitlines() if line.strip()]
     q = args.quick
     names = (args.checkpoints or args.models or ("mobilenet_lung" if q else ",".join(ATTENTION_MODELS))).split(",")
     args.films = args.films or (2 if q else 10)
@@ -516,7 +540,7 @@ def main(argv=None) -> int:
         for name in names:
             settle_study(name.strip(), films, args, settings)
         return 0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; settings: {settings}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {DEVICE}; settings: {settings}", flush=True)
     rows = []
     for name in names:
         print(f"{name}:", flush=True)

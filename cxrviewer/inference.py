@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from cxrviewer.checkpoint import card_spec, load_checkpoint, validate_card
-from cxrviewer.device import cpu_supports_bf16, select_device
+from cxrviewer.device import cpu_supports_bf16, exact_fp32, select_device
 from cxrviewer.ood import OodGuard, OodResult, with_header
 from cxrviewer.preprocess import Geometry, preprocess_film, preprocess_gray
 
@@ -162,10 +162,12 @@ class Predictor:
 
     def _place(self, dev: torch.device) -> None:
         """Put the network on ``dev``, channels-last where the model asks for it
-        (``CXRModel.exact_channels_last``) and the device is a CPU or CUDA one (MPS's NHWC support
-        varies by operator); the exact path's inputs follow (:meth:`_exact_input`)."""
-        nhwc = dev.type in ("cpu", "cuda") and bool(getattr(self.model, "exact_channels_last", False))
+        (``CXRModel.exact_channels_last``) and the device is a CPU: cuDNN's fp32 NHWC convolutions were
+        slower than NCHW on an H200, and MPS's NHWC support varies by operator. The exact path's inputs
+        follow (:meth:`_exact_input`)."""
+        nhwc = dev.type == "cpu" and bool(getattr(self.model, "exact_channels_last", False))
         self.memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        exact_fp32(dev)
         self.model.to(dev, memory_format=self.memory_format)
         self.device = dev
 

@@ -17,6 +17,8 @@ the five attention networks and the plain baselines alike.
   path too. Same fp32 arithmetic (probabilities within ~1e-7), but oneDNN's NHWC convolutions made the
   exact path 0.5–0.9 of plain eager on the CPU for every architecture except the ConvNeXt ones, whose
   blocks permute to NHWC for their LayerNorms anyway and gained nothing (1.0–1.07, so they stay NCHW).
+  A CPU matter only: on an H200 in fp32 (no TF32) the four NHWC networks' exact path ran 1.08–1.20 of
+  plain eager NCHW and the NCHW ConvNeXt 1.02, so on CUDA every network's exact path stays NCHW.
 - ``lime_segmentation``: the superpixel method LIME uses on this network unless the reader chooses one
   (None: the explainer's default, SLIC). A network whose evidence sits in a small region needs it cut
   finer where it lies, or the rest of its top five is noise (CS-ConvNeXt, docs/benchmarks.md).
