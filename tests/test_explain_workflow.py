@@ -182,6 +182,16 @@ def test_report_has_no_identifiers_unless_asked(setup, tmp_path, suffix):
             assert any(phi in str(v) for v in Image.open(named).info.values())
 
 
+def test_report_never_prints_a_probability_as_certain(setup, tmp_path):
+    gray, _, pred, film = setup
+    expl = replace(explain(pred, film, "gradcam", 1), probability=0.99962)
+    overlay = render_overlay(expl, gray, OverlaySettings())
+    probs = {"Normal": 0.00038, "Pneumonia": 0.99962}
+    text = pdf_text(save_report(tmp_path / "r.pdf", gray, overlay, expl, probs, model_name="Box model").read_bytes())
+    assert "(p = >99.9%)" in text and ">99.9%" in text and "<0.1%" in text
+    assert "100.0%" not in text and "1.000" not in text and "0.000" not in text
+
+
 def test_overlay_png_and_side_by_side(setup, tmp_path):
     from PIL import Image
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from cxrviewer import DISCLAIMER, __version__
 from cxrviewer.explain.types import MATERIAL_FRACTION
+from cxrviewer.probability_text import percent
 
 METHOD_TITLES = {"lime": "LIME superpixels", "gradcam": "Grad-CAM", "attention": "Model attention"}
 REPORT_PIXELS = 1400  # longest side of the film images embedded in a report (keeps a PDF to a few MB)
@@ -92,7 +93,7 @@ def build_report_figure(
     fig = Figure(figsize=(8.27, 11.69), dpi=150)
     fig.text(0.06, 0.965, "CXR Viewer \u2014 explanation report", fontsize=16, weight="bold", va="top")
     method = METHOD_TITLES.get(explanation.method, explanation.method)
-    prob = f" (p = {explanation.probability:.3f})" if explanation.probability is not None else ""
+    prob = f" (p = {percent(explanation.probability)})" if explanation.probability is not None else ""
     header = [
         f"Model: {model_name or explanation.model_name or 'unknown'}" + (f", version {model_version}" if model_version else ""),
         f"Explanation: {method} for class \u201c{explanation.class_name}\u201d{prob}",
@@ -124,7 +125,7 @@ def build_report_figure(
         ax.barh(names, vals, color=colors)
         ax.set_xlim(0, 1)
         for y, v in enumerate(vals):
-            ax.text(min(v + 0.01, 0.9), y, f"{v:.3f}", va="center", fontsize=8)
+            ax.text(min(v + 0.01, 0.88), y, percent(v), va="center", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.set_title("Class probabilities (exact model output)", fontsize=9)
 

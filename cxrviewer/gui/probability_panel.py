@@ -13,6 +13,7 @@ from PySide6.QtGui import QColor, QFont, QPainter
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from cxrviewer.gui import viewmath as vm
+from cxrviewer.probability_text import percent
 
 BAR_H = 22
 GAP = 6
@@ -96,6 +97,10 @@ class ProbabilityPanel(QWidget):
                 self.classClicked.emit(self.selected)
                 self.update()
 
+    def readouts(self) -> list:
+        """(class, probability, the text beside its bar), highest first: what the panel paints."""
+        return [(name, prob, percent(prob)) for name, prob in self.pairs]
+
     def paintEvent(self, _event) -> None:
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
@@ -120,7 +125,7 @@ class ProbabilityPanel(QWidget):
         bar_w = max(20, w - bar_x - 52)
         bold = QFont(self.font())
         bold.setBold(True)
-        for i, (name, prob) in enumerate(self.pairs):
+        for i, (name, prob, text) in enumerate(self.readouts()):
             top = i == 0
             chosen = self.selected == name
             p.setFont(bold if top else self.font())
@@ -137,7 +142,7 @@ class ProbabilityPanel(QWidget):
                 p.setBrush(Qt.NoBrush)
                 p.drawRoundedRect(QRectF(bar_x - 1, y + 3, bar_w + 2, BAR_H - 6), 3, 3)
             p.setPen(QColor(235, 240, 245) if top else QColor(190, 196, 202))
-            p.drawText(QRectF(bar_x + bar_w + 4, y, 48, BAR_H), Qt.AlignRight | Qt.AlignVCenter, f"{prob * 100:.1f}%")
+            p.drawText(QRectF(bar_x + bar_w + 4, y, 48, BAR_H), Qt.AlignRight | Qt.AlignVCenter, text)
             y += BAR_H + GAP
         if self.caution:
             p.setFont(self.font())

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cxrviewer.film.types import Window
+from cxrviewer.probability_text import percent
 
 ROTATIONS = (0, 90, 180, 270)
 ZOOM_MIN, ZOOM_MAX = 0.02, 32.0
@@ -236,7 +237,7 @@ class WorklistRow:
         if self.ood_verdict == "outside":
             return "outside training data"
         if self.top_class:  # the number first: a narrow column cuts the end, and "83% Bacter…" still reads
-            return f"{self.top_prob * 100:.0f}% {self.top_class if full else (self.top_short or self.top_class)}"
+            return f"{percent(self.top_prob, 0)} {self.top_class if full else (self.top_short or self.top_class)}"
         return ""
 
 
