@@ -449,9 +449,16 @@ def test_cpu_errors_are_not_swallowed(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_requesting_cuda_without_gpu_runs_on_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default, restored afterwards
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+def test_requesting_cuda_without_gpu_runs_on_cpu(tmp_path):
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # cuDNN's default
+    try:
+        _cuda_without_gpu(tmp_path)
+    finally:  # process-wide flags (cuBLAS's is a property monkeypatch cannot restore)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _cuda_without_gpu(tmp_path):
     p = make_checkpoint(tmp_path / "t.safetensors")
     pr = Predictor.from_checkpoint(p, "cuda")
     assert pr.device == torch.device("cpu") and pr.notices
