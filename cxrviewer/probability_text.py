@@ -18,9 +18,9 @@ def percent(p: float, decimals: int = 1) -> str:
     if not math.isfinite(p):
         return "n/a"
     step = 10.0 ** -decimals
-    value = p * 100.0
-    if round(value, decimals) >= 100.0:
+    shown = round(p * 100.0, decimals)
+    if shown >= 100.0:
         return f">{100.0 - step:.{decimals}f}%"
-    if round(value, decimals) <= 0.0:
+    if shown <= 0.0:
         return f"<{step:.{decimals}f}%"
-    return f"{value:.{decimals}f}%"
+    return f"{p * 100.0:.{decimals}f}%"

@@ -448,17 +448,18 @@ def test_cpu_errors_are_not_swallowed(monkeypatch):
     assert pr.notices == []
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_requesting_cuda_without_gpu_runs_on_cpu(tmp_path):
+@pytest.fixture
+def tf32_flags():
+    """The process-wide TF32 flags, put back afterwards (cuBLAS's is a property monkeypatch cannot
+    restore under pytest 9); cuDNN's starts at its default, True."""
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True  # cuDNN's default
-    try:
-        _cuda_without_gpu(tmp_path)
-    finally:  # process-wide flags (cuBLAS's is a property monkeypatch cannot restore)
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _cuda_without_gpu(tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_requesting_cuda_without_gpu_runs_on_cpu(tmp_path, tf32_flags):
     p = make_checkpoint(tmp_path / "t.safetensors")
     pr = Predictor.from_checkpoint(p, "cuda")
     assert pr.device == torch.device("cpu") and pr.notices

@@ -37,7 +37,8 @@ def main() -> int:
         listed.append(str(rel))
     (films / "list.txt").write_text("\n".join(listed) + "\n")
     src = b.DATA / "kermany"
-    rows = list(csv.DictReader(open(src / "MANIFEST.csv", newline="")))[::4]
+    with open(src / "MANIFEST.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))[::4]
     kermany = out / "kermany"
     for r in rows:
         (kermany / r["path"]).parent.mkdir(parents=True, exist_ok=True)
