@@ -24,7 +24,10 @@ quickshift); for ours (defaults) vs (gold, our segmentation). The target: our me
 is at least the reference's. The gold and 1000-sample runs are computed with lime's sampling and
 regression (``LimeBase.explain_instance_with_data``: cosine distance, kernel width 0.25, ridge) on an
 fp32 predictor in large batches (``fast_predict_batch(bf16=False)``: the same fp32 function, only faster),
-because 2 × 5000 network passes per film at batch 10 would take most of an hour per model.
+because 2 × 5000 network passes per film at batch 10 would take most of an hour per model. ``--data-fast``
+runs them through the fast path instead, as the explanation under test runs (bf16 where the CPU has it and
+the Predictor's check keeps it: the probabilities move by ~1e-3), for networks whose fp32 golds would not
+fit a session on a 2-core CPU.
 
 **Grad-CAM / attention**: time of ``gradcam_film`` and ``explain_attention`` (which includes the forward
 pass) divided by the single-film exact inference time ``predict_film`` (target < 3).
@@ -77,6 +80,8 @@ GOLD_SEED = 4242
 DEVICE = torch.device("cpu")
 #: films named in a file (``--film-list``), in place of :func:`pick_films`'s choice from ``DATA``
 FILM_LIST: list = []
+#: --data-fast: golds and references through the fast path (bf16 where kept), not fp32; see exact_batched
+DATA_FAST = False
 
 
 # --- films and models --------------------------------------------------------------------------------
@@ -154,10 +159,13 @@ def plain_predict(model, spec):
 
 
 def exact_batched(pred, spec, batch=None):
+    """The gold and reference runs' predict function: fp32, or with ``--data-fast`` the Predictor's fast
+    path as the explanation under test uses it (bf16 where the hardware has it and the check keeps it)."""
     batch = batch or data_batch()
 
     def predict(imgs):
-        return pred.fast_predict_batch(normalise(imgs[..., 0], spec), batch_size=batch, bf16=False)
+        return pred.fast_predict_batch(normalise(imgs[..., 0], spec), batch_size=batch,
+                                       bf16=None if DATA_FAST else False)
 
     return predict
 
@@ -282,6 +290,9 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
               f" ours {t_ours:.2f} s ({res['samples'][-1]} samples)"
               + (f"; reference {res['t_ref'][-1]:.1f} s" if i < args.ref_films else ""), flush=True)
 
+    if not args.speed_only:
+        print(f"  golds and lime-1000 ran in {'bf16' if DATA_FAST and gold_pred.fast_uses_bf16() else 'fp32'}; "
+              f"ours in {'bf16' if pred.fast_uses_bf16() else 'fp32'}", flush=True)
     # Grad-CAM and attention against single-film inference, on the first film
     film = load_film(films[0])
     res["t_infer"] = best_time(lambda: pred.predict_film(film))
@@ -409,7 +420,7 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
     settings = for_model(settings, None)  # an open segmentation is the default one, as keys were written
     network_side = {k: v for k, v in settings.to_dict().items()  # not the stopping rule: it is simulated
                     if k not in ("settle_from", "settle_every", "sampling", "coarse_samples", "batch_size")}
-    ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}"
+    ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}" + ("|fast" if DATA_FAST else "")
     return Path(args.cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 
@@ -516,12 +527,16 @@ def main(argv=None) -> int:
     p.add_argument("--tune-samples", default="60,100,150,200,300,400", help="sample counts --tune sweeps")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps: where the networks run (the "
                    "targets are stated for a CPU; a GPU run times the same work there)")
+    p.add_argument("--data-fast", action="store_true",
+                   help="golds and 1000-sample references through the fast path (bf16 where the CPU has it and "
+                        "the check keeps it) instead of fp32: about 2.5x less time on a bf16 CPU; the function "
+                        "explained is then the one our explanation sees. The timed reference stays plain fp32")
     p.add_argument("--film-list", default=None, metavar="FILE",
                    help="films to use, one path per line (relative to the file's folder), instead of the "
                         "choice from ../shared/data; for a machine that has only a copy of those films")
     args = p.parse_args(argv)
-    global DEVICE, FILM_LIST
-    DEVICE = torch.device(args.device)
+    global DEVICE, FILM_LIST, DATA_FAST
+    DEVICE, DATA_FAST = torch.device(args.device), args.data_fast
     if args.film_list:
         listed = Path(args.film_list)
         FILM_LIST = [listed.parent / line.strip() for line in listed.read_text().splitlines() if line.strip()]
