@@ -243,7 +243,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
     gold_pred = Predictor(pred.model, pred.card, DEVICE)
     label = pred.model_name if name.endswith(".safetensors") else name  # the card's name, not "best"
     res = {"model": label, "films": len(films), "j_ref": [], "j_ours": [], "jm_ref": [], "jm_ours": [], "t_ours": [], "t_ref": [], "t_ours_ref": [],
-           "n_seg_qs": [], "n_seg_ours": [], "samples": [], "tune": {}}
+           "n_seg_qs": [], "n_seg_ours": [], "samples": [], "tune": {}, "bf16_ours": [], "bf16_data": []}
     for i, (path, gray) in enumerate(zip(films, grays)):
         image, cls = model_image(gray, pred, spec)
         exact = exact_batched(gold_pred, spec)
@@ -253,6 +253,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
         t_ours = time.perf_counter() - t0
         res["t_ours"].append(t_ours)
         res["samples"].append(ours.settings.get("samples_used", settings.num_samples))
+        res["bf16_ours"].append(pred.fast_uses_bf16())  # checked on this film before its samples were drawn
 
         seg_qs = segment(image, LIMES)
         seg_ours = ours.segments
@@ -271,6 +272,7 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
             res["j_ours"].append(jaccard(top(ours.segment_weights), top(gold_ours)))
             res["jm_ref"].append(jaccard_material(ref, gold_qs))
             res["jm_ours"].append(jaccard_material(ours.segment_weights, gold_ours))
+            res["bf16_data"].append(DATA_FAST and gold_pred.fast_uses_bf16())
 
         if args.tune and not args.speed_only:
             tune_film(res["tune"], image, cls, gold_qs, ref_run, exact, args)
@@ -290,9 +292,8 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
               f" ours {t_ours:.2f} s ({res['samples'][-1]} samples)"
               + (f"; reference {res['t_ref'][-1]:.1f} s" if i < args.ref_films else ""), flush=True)
 
-    if not args.speed_only:
-        print(f"  golds and lime-1000 ran in {'bf16' if DATA_FAST and gold_pred.fast_uses_bf16() else 'fp32'}; "
-              f"ours in {'bf16' if pred.fast_uses_bf16() else 'fp32'}", flush=True)
+    print(f"  bf16 on films: ours {sum(res['bf16_ours'])} of {len(films)}"
+          + ("" if args.speed_only else f"; golds and lime-1000 {sum(res['bf16_data'])} of {len(films)}"), flush=True)
     # Grad-CAM and attention against single-film inference, on the first film
     film = load_film(films[0])
     res["t_infer"] = best_time(lambda: pred.predict_film(film))
@@ -529,8 +530,8 @@ def main(argv=None) -> int:
                    "targets are stated for a CPU; a GPU run times the same work there)")
     p.add_argument("--data-fast", action="store_true",
                    help="golds and 1000-sample references through the fast path (bf16 where the CPU has it and "
-                        "the check keeps it) instead of fp32: about 2.5x less time on a bf16 CPU; the function "
-                        "explained is then the one our explanation sees. The timed reference stays plain fp32")
+                        "the check keeps it) instead of fp32, for networks whose fp32 golds take too long; the "
+                        "function explained is then the one our explanation sees. The timed reference stays plain fp32")
     p.add_argument("--film-list", default=None, metavar="FILE",
                    help="films to use, one path per line (relative to the file's folder), instead of the "
                         "choice from ../shared/data; for a machine that has only a copy of those films")
