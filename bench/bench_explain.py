@@ -62,8 +62,8 @@ sys.path.insert(0, str(ROOT))
 
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
 from cxrviewer.explain.lime_explainer import (SAMPLINGS, SEGMENTATIONS, LimeSettings,  # noqa: E402
-                                              _lime_explainer_class, explain_lime, for_model, lime_fit, segment,
-                                              top_separation)
+                                              _lime_explainer_class, explain_lime, for_model, has_settled,
+                                              lime_fit, segment, top_separation, weight_vector)
 from cxrviewer.explain.overlay import OverlaySettings  # noqa: E402
 from cxrviewer.explain.types import NoAttention, outline_floor, outlined_indices  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
@@ -191,10 +191,7 @@ def fit_weights(explainer, data, labels, label, n_rows=None):
     """lime's regression on the first ``n_rows`` samples -> weight per superpixel."""
     d = data[:n_rows] if n_rows else data
     exp, _ = lime_fit(explainer, d, labels[: len(d)], label)
-    w = np.zeros(data.shape[1])
-    for i, v in exp:
-        w[i] = v
-    return w
+    return weight_vector(exp, data.shape[1])
 
 
 def top(w, k=TOP_K) -> set:
@@ -331,81 +328,133 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
     gold, and the samples each rule draws, on our segmentation, over ``--settle-seeds`` runs per film and
     sampling (the fits are lime's, on the first N rows of one run of ``num_samples`` rows, which is
     exactly an N-sample run; exact fp32 predictions). A rule "from F every E" refits at F samples and
-    every E after, and stops at the first refit naming the same top five as the one before; "F:E:Z" also
-    asks that refit to separate its top five from the rest by Z standard errors (``top_separation``),
-    and "F:E:Z:alone" asks only that. With ``--cache DIR`` the network's outputs (gold and every run) are
-    kept per film, so a second study with other rules costs seconds, not the network's time again.
+    every E after, and stops at the first refit that :func:`has_settled` (the viewer's own test) passes
+    against the one before: the same top five, and with "F:E:mM" a fifth place that leads the sixth by
+    more than M times the fits moved; "F:E:Z" also asks that refit to separate its top five from the rest
+    by Z standard errors (``top_separation``), and "F:E:Z:alone" asks only that. With ``--cache DIR`` the
+    network's outputs (gold and every run) are kept per film, so a second study with other rules costs
+    seconds, not the network's time again (``--replay DIR`` scores them without the network at all).
     ``settings`` carries ``--segmentation``, ``--segments`` and ``--samples`` (the most a run draws)."""
     pred = build_predictor(name, [render(load_film(f)) for f in pick_films(12)[-8:]])
     spec, settings = pred.spec, for_model(settings, pred)  # the cache key names the segmentation
     exact = exact_batched(pred, spec)
-    most = settings.num_samples
     samplings = [v for v in args.samplings.split(",") if v]
-    rules = [parse_rule(r) for r in args.rules.split(",")]
-    fixed = sorted({n for n in (48, 96, 144, 192, 288, 400) if n < most} | {most})
-    refits = set(fixed) | {n for f, e, _, _ in rules for n in range(f, most + 1, e)}  # every count a rule looks at
-    rows = {}  # (sampling, rule label) -> [(jaccard, samples)]
+    tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], settings.num_samples)
+    for path in films:
+        t0 = time.perf_counter()
+        ref = reference_run(name, path, pred, exact, spec, args) if args.with_reference else None
+        if not samplings:
+            tally.add_film(film_name(path), None, ref, [], 0, t0)
+            continue
+        run = settle_runs(name, path, pred, exact, spec, settings, samplings, args)
+        tally.add_film(film_name(path), run, ref, samplings, args.settle_seeds, t0)
+    tally.report(f"{name}: {len(films)} films x {args.settle_seeds} seeds, Jaccard@5 against a {args.gold}-sample "
+                 "independent gold on the same segmentation")
 
-    def stop_at(tops, zs, rule) -> int:
-        start, every, z_min, alone = rule
-        checks = list(range(start, most + 1, every))
-        for a, b in zip([None] + checks, checks):
-            agreed = a is not None and tops[a] == tops[b]
+
+def replay_study(folder, args) -> None:
+    """``--replay DIR``: a settle study's rules scored on what its ``--cache DIR`` kept (every film there,
+    every sampling and seed it holds), without the network: for rules studied on a machine that is gone
+    (a lent GPU's caches come back as tarballs, ``bench/device/settle.sh``). A run stops at the viewer's
+    ``num_samples`` (or ``--samples``) at most: exactly a run of that many, as a longer orthogonal run
+    begins with the same rows."""
+    folder = Path(folder)
+    refs = {str(r["film"]): r for r in (dict(np.load(f)) for f in sorted(folder.glob("reference-*.npz"))) if "film" in r}
+    runs = sorted((dict(np.load(f)) for f in folder.glob("settle-*.npz")), key=lambda r: str(r.get("film", "")))
+    if not runs:
+        raise SystemExit(f"--replay: no settle-*.npz in {folder}")
+    tally = None
+    for run in runs:
+        keys = [k[len("data_"):].rsplit("_", 1) for k in run if k.startswith("data_")]
+        samplings = sorted({k[0] for k in keys}, key=SAMPLINGS.index)
+        seeds = min(sum(1 for k in keys if k[0] == v) for v in samplings)
+        if tally is None:
+            most = min(len(run[f"data_{samplings[0]}_0"]), args.samples or LimeSettings().num_samples)
+            tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], most)
+        film = str(run.get("film", "?"))
+        tally.add_film(film, run, refs.get(film), samplings, seeds, time.perf_counter())
+    tally.report(f"{folder}: {len(runs)} films, Jaccard@5 against each film's gold on the same segmentation")
+
+
+class SettleTally:
+    """Scores of the stopping rules over a settle study's films, one film's cached runs at a time, and
+    the table at the end: one scoring for a study with the network and one replayed from its cache."""
+
+    def __init__(self, rules: list, most: int):
+        self.rules, self.most = rules, most
+        self.fixed = sorted({n for n in (48, 96, 144, 192, 288, 400) if n < most} | {most})
+        self.refits = set(self.fixed) | {n for f, e, *_ in rules for n in range(f, most + 1, e)}
+        self.rows = {}  # (sampling, rule label) -> [(jaccard@5, jaccard outlined, samples)]
+
+    def stop_at(self, weights, zs, rule) -> int:
+        start, every, z_min, alone, margin = rule
+        checks = list(range(start, self.most + 1, every))
+        for a, b in zip([None] + checks, checks):  # the viewer's own test, on the fits it would make
+            agreed = has_settled(weights[a] if a is not None else None, weights[b], TOP_K, margin)
             separated = z_min is None or zs[b] >= z_min
             if separated and (agreed or alone):  # "alone" rules always have a z (parse_rule)
                 return b
-        return most  # never settled: every sample is drawn
+        return self.most  # never settled: every sample is drawn
 
-    for path in films:
-        t0, before = time.perf_counter(), {k: len(v) for k, v in rows.items()}
-        if args.with_reference:  # lime-1000 on quickshift against a gold on quickshift, as bench_model does
-            ref = reference_run(name, path, pred, exact, spec, args)
-            rows.setdefault(("independent", "lime-1000, quickshift"), []).append(
-                (jaccard(top(ref["ref"]), top(ref["gold"])), jaccard_material(ref["ref"], ref["gold"]), 1000))
-        if not samplings:
-            print(f"  {path.parent.name}/{path.name}: reference, {time.perf_counter() - t0:.0f} s", flush=True)
-            continue
-        run = settle_runs(name, path, pred, exact, spec, settings, samplings, args)
-        cls, seg, gold = run["cls"], run["seg"], top(run["gold"])
+    def add(self, sampling, rule, ours, gold, n) -> None:
+        self.rows.setdefault((sampling, rule), []).append(
+            (jaccard(top(ours), top(gold)), jaccard_material(ours, gold), n))
+
+    def add_film(self, label, run, ref, samplings, seeds, t0) -> None:
+        before = {k: len(v) for k, v in self.rows.items()}
+        if ref is not None:  # lime-1000 on quickshift against a gold on quickshift, as bench_model does
+            self.add("independent", "lime-1000, quickshift", ref["ref"], ref["gold"], 1000)
+        if run is None:
+            print(f"  {label}: reference, {time.perf_counter() - t0:.0f} s", flush=True)
+            return
+        cls = int(run["cls"])
         if "ref1000" in run:
-            rows.setdefault(("independent", "lime-1000, our segmentation"), []).append(
-                (jaccard(top(run["ref1000"]), gold), jaccard_material(run["ref1000"], run["gold"]), 1000))
+            self.add("independent", "lime-1000, our segmentation", run["ref1000"], run["gold"], 1000)
         for sampling in samplings:
-            for seed in range(args.settle_seeds):
+            for seed in range(seeds):
                 data, labels = run[f"data_{sampling}_{seed}"], run[f"labels_{sampling}_{seed}"]
                 ex = _lime_explainer_class()(random_state=seed)
-                weights = {n: fit_weights(ex, data, labels, cls, n) for n in refits}
-                tops = {n: top(w) for n, w in weights.items()}
-                zs = ({n: top_separation(ex, data[:n], labels[:n], cls, TOP_K) for n in refits}
-                      if any(r[2] is not None for r in rules) else {})
-                stops = {f"fixed {n}": n for n in fixed}
-                stops.update({rule_label(r): stop_at(tops, zs, r) for r in rules})
+                weights = {n: fit_weights(ex, data, labels, cls, n) for n in self.refits}
+                zs = ({n: top_separation(ex, data[:n], labels[:n], cls, TOP_K) for n in self.refits}
+                      if any(r[2] is not None for r in self.rules) else {})
+                stops = {f"fixed {n}": n for n in self.fixed}
+                stops.update({rule_label(r): self.stop_at(weights, zs, r) for r in self.rules})
                 for rule, n in stops.items():
-                    rows.setdefault((sampling, rule), []).append(
-                        (jaccard(tops[n], gold), jaccard_material(weights[n], run["gold"]), n))
-        this_film = {rule: np.mean(v[before.get((sampling, rule), 0):], axis=0) for (sampling, rule), v in rows.items()
+                    self.add(sampling, rule, weights[n], run["gold"], n)
+        this_film = {rule: np.mean(v[before.get((sampling, rule), 0):], axis=0)
+                     for (sampling, rule), v in self.rows.items()
                      if not rule.startswith("fixed")}  # the references and the rules, on this film alone
-        print(f"  {path.parent.name}/{path.name}: {seg.max() + 1} superpixels, {time.perf_counter() - t0:.0f} s; "
+        print(f"  {label}: {run['seg'].max() + 1} superpixels, {time.perf_counter() - t0:.0f} s; "
               + "; ".join(f"{rule} {j5:.2f} at {n:.0f}" for rule, (j5, _, n) in this_film.items()), flush=True)
-    print(f"\n{name}: {len(films)} films x {args.settle_seeds} seeds, Jaccard@5 against a {args.gold}-sample "
-          "independent gold on the same segmentation")
-    print(f"| sampling | rule | mean Jaccard@5 | mean Jaccard, outlined (>= {MATERIAL:g} of the largest weight) | mean samples |")
-    print("|---|---|---:|---:|---:|")
-    for (sampling, rule), v in rows.items():
-        j5, jm, n = np.mean(v, axis=0)
-        print(f"| {sampling} | {rule} | {j5:.2f} | {jm:.2f} | {n:.0f} |")
+
+    def report(self, title: str) -> None:
+        print(f"\n{title}")
+        print(f"| sampling | rule | mean Jaccard@5 | mean Jaccard, outlined (>= {MATERIAL:g} of the largest weight) "
+              "| mean samples |")
+        print("|---|---|---:|---:|---:|")
+        for (sampling, rule), v in self.rows.items():
+            j5, jm, n = np.mean(v, axis=0)
+            print(f"| {sampling} | {rule} | {j5:.2f} | {jm:.2f} | {n:.0f} |")
 
 
 def parse_rule(text: str) -> tuple:
-    """"F:E" | "F:E:Z" | "F:E:Z:alone" -> (from, every, z or None, alone)."""
+    """"F:E" | "F:E:mM" | "F:E:Z" | "F:E:Z:alone" -> (from, every, z or None, alone, margin): M is
+    ``LimeSettings.settle_margin`` (``has_settled``), Z a ``top_separation`` the refit must reach."""
     parts = text.strip().split(":")
-    if len(parts) not in (2, 3, 4) or (len(parts) == 4 and parts[3] != "alone"):
-        raise SystemExit(f"--rules: {text!r} is not FROM:EVERY[:Z[:alone]]")
-    return int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else None, len(parts) == 4
+    try:
+        if len(parts) == 3 and parts[2].startswith("m"):
+            return int(parts[0]), int(parts[1]), None, False, float(parts[2][1:])
+        if len(parts) in (2, 3, 4) and (len(parts) < 4 or parts[3] == "alone"):
+            return int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else None, len(parts) == 4, 0.0
+    except ValueError:
+        pass
+    raise SystemExit(f"--rules: {text!r} is not FROM:EVERY[:mMARGIN | :Z[:alone]]")
 
 
 def rule_label(rule: tuple) -> str:
-    start, every, z_min, alone = rule
+    start, every, z_min, alone, margin = rule
+    if margin:
+        return f"from {start} every {every}, lead > {margin:g}x moved"
     if z_min is None:
         return f"from {start} every {every}"
     return f"from {start} every {every}, " + (f"z >= {z_min:g} alone" if alone else f"agree and z >= {z_min:g}")
@@ -420,7 +469,8 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
     size = Path(name).stat().st_size if name.endswith(".safetensors") else ""
     settings = for_model(settings, None)  # an open segmentation is the default one, as keys were written
     network_side = {k: v for k, v in settings.to_dict().items()  # not the stopping rule: it is simulated
-                    if k not in ("settle_from", "settle_every", "sampling", "coarse_samples", "batch_size")}
+                    if k not in ("settle_from", "settle_every", "settle_margin", "sampling", "coarse_samples",
+                                 "batch_size")}
     ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}" + ("|fast" if DATA_FAST else "")
     return Path(args.cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
@@ -429,6 +479,11 @@ def model_image(gray, pred, spec) -> tuple:
     """(model-input RGB image as lime sees it, class explained: the top one) for a rendered film."""
     square, _ = fit_to_square(gray, spec.input_size, spec.resize)
     return np.repeat(square[:, :, None], 3, axis=2), int(pred.predict_gray(gray).top_index)
+
+
+def film_name(path) -> str:
+    """A film as the study's logs and caches name it (its class folder and file name)."""
+    return f"{Path(path).parent.name}/{Path(path).name}"
 
 
 def save_cache(cached, run: dict) -> None:
@@ -455,7 +510,7 @@ def reference_run(name, path, pred, exact, spec, args) -> dict:
     image, cls = model_image(render(load_film(path)), pred, spec)
     seg = segment(image, LIMES)
     ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
-    run = {"cls": cls, "seg": seg, "gold": fit_weights(ex, data, labels, cls)}
+    run = {"cls": cls, "seg": seg, "gold": fit_weights(ex, data, labels, cls), "film": film_name(path)}
     ex, data, labels = lime_data(exact, image, seg, 1000, 0)
     run["ref"] = fit_weights(ex, data, labels, cls)
     save_cache(cached, run)
@@ -478,7 +533,7 @@ def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dic
             run["seg"] = segment(image, settings)
             ex, data, labels = lime_data(exact, image, run["seg"], args.gold, GOLD_SEED)
             run["gold"] = fit_weights(ex, data, labels, run["cls"])
-        run["image"] = image
+        run["image"], run["film"] = image, film_name(path)
     cls, seg, image = int(run["cls"]), run["seg"], run["image"]
     if args.with_reference and "ref1000" not in run:  # lime's own 1000 draws, on our segmentation
         if limes:
@@ -509,12 +564,14 @@ def main(argv=None) -> int:
     p.add_argument("--settle-study", action="store_true", help="only compare samplings and rules for when to stop sampling")
     p.add_argument("--settle-seeds", type=int, default=3, help="--settle-study: runs per film and sampling")
     p.add_argument("--rules", default="144:48,96:32,96:32:1,96:32:2,96:32:3:alone",
-                   help="--settle-study: stopping rules as FROM:EVERY[:Z[:alone]], comma-separated (see settle_study)")
+                   help="--settle-study: stopping rules as FROM:EVERY[:mMARGIN | :Z[:alone]], comma-separated (see settle_study)")
     p.add_argument("--samplings", default=",".join(SAMPLINGS), help="--settle-study: samplings to compare "
                    "(empty: none, for a --with-reference run on its own)")
     p.add_argument("--with-reference", action="store_true",
                    help="--settle-study: also lime-1000 (lime's own draws) against the gold, on quickshift as "
                         "lime's default does, and on our segmentation")
+    p.add_argument("--replay", default=None, metavar="DIR",
+                   help="score --rules on a settle study's --cache DIR alone, without the network (replay_study)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="--settle-study: keep the network's outputs per film here, and reuse them")
     p.add_argument("--speed-only", action="store_true",
@@ -522,6 +579,8 @@ def main(argv=None) -> int:
                         "for 5000-sample golds on a CPU")
     p.add_argument("--samples", type=int, default=None, help="override our num_samples")
     p.add_argument("--segments", type=int, default=None, help="override our SLIC n_segments")
+    p.add_argument("--settle-every", type=int, default=None, help="override our settle_every (the stopping rule)")
+    p.add_argument("--settle-margin", type=float, default=None, help="override our settle_margin (see has_settled)")
     p.add_argument("--segmentation", choices=SEGMENTATIONS, default=None,
                    help="override our segmentation (default: the model's own, see CXRModel.lime_segmentation)")
     p.add_argument("--tune-segments", default="20,30,50", help="SLIC n_segments values --tune sweeps")
@@ -549,8 +608,12 @@ def main(argv=None) -> int:
     args.tune_segments = [int(v) for v in args.tune_segments.split(",")]
     args.tune_samples = [int(v) for v in args.tune_samples.split(",")]
     overrides = {k: v for k, v in (("num_samples", args.samples), ("n_segments", args.segments),
-                                   ("segmentation", args.segmentation)) if v}
+                                   ("segmentation", args.segmentation), ("settle_every", args.settle_every),
+                                   ("settle_margin", args.settle_margin)) if v is not None}
     settings = LimeSettings(**overrides)
+    if args.replay:
+        replay_study(args.replay, args)
+        return 0
     films = pick_films(args.ref_films if args.speed_only else args.films)
     if args.settle_study:
         for name in names:

@@ -121,18 +121,42 @@ def test_lime_is_reproducible_for_a_seed_and_explains_the_top_class_by_default(s
 
 
 def test_lime_stops_sampling_once_its_top_superpixels_settle(setup):
-    """The box model's ranking is clear at once: sampling stops at the third check (96, 144, 192) instead
+    """The box model's ranking is clear early: sampling stops at the third check (96, 144, 192) instead
     of drawing the most allowed, gives the same top superpixels as drawing them all, and says how many it
-    drew (the stop is deterministic for a seed, so the count is exact)."""
+    drew (the stop is deterministic for a seed, so the count is exact). Asking for a lead over the jitter
+    (``settle_margin``, checks every 32) stops at one of its own checks, also short of the most allowed."""
     gray, _, pred, _ = setup
-    settled = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, settle_from=96, settle_every=48, batch_size=16))
     full = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, settle_from=0, batch_size=16))
+    settled = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, batch_size=16))
     assert settled.settings["samples_used"] == 192 and full.settings["samples_used"] == 400
     assert set(settled.top_segments(5)) == set(full.top_segments(5))
-    again = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, settle_from=96, settle_every=48, batch_size=16))
+    again = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, batch_size=16))
     assert np.array_equal(again.segment_weights, settled.segment_weights)  # the stop is reproducible too
+    lead = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, settle_every=32, settle_margin=1.5, batch_size=16))
+    used = lead.settings["samples_used"]
+    assert 96 < used < 400 and (used - 96) % 32 == 0 and set(lead.top_segments(5)) == set(full.top_segments(5))
     with pytest.raises(ValueError):
         LimeSettings(settle_every=0)
+
+
+def test_the_stopping_rule_waits_out_a_near_tie_at_the_fifth_place_but_not_a_tie_of_zeros():
+    """``has_settled`` on hand-made fits of eight superpixels: the rule the viewer and the settle study share."""
+    from cxrviewer.explain.lime_explainer import has_settled
+
+    clear = np.array([0.9, 0.7, 0.6, 0.5, 0.4, 0.1, 0.05, 0.0])
+    assert not has_settled(None, clear, 5, 1.5)  # a first fit has nothing to agree with
+    assert not has_settled(clear[[0, 1, 2, 3, 5, 4, 6, 7]], clear, 5, 1.5)  # another top five
+    assert has_settled(clear + 0.02, clear, 5, 1.5)  # same five, the fifth 0.3 ahead, the fits 0.02 apart
+    tie = np.array([0.9, 0.7, 0.6, 0.5, 0.40, 0.38, 0.05, 0.0])
+    wobbly = tie + np.array([0.0, 0.0, 0.0, 0.0, 0.03, -0.03, 0.0, 0.0])  # same five, but 0.06 of jitter
+    assert has_settled(wobbly, tie, 5, 0.0)  # agreement alone (settle_margin 0) stops here
+    assert not has_settled(wobbly, tie, 5, 1.5)  # the lead of 0.02 is within 1.5 x 0.03: draw on
+    assert has_settled(tie + 0.005, tie, 5, 1.5)  # the same tie, once the fits hardly move
+    zeros = np.array([0.9, 0.6, 0.5, 0.4, 0.02, 0.01, -0.01, 0.0])  # evidence in four superpixels only
+    assert has_settled(zeros + np.array([0, 0, 0, 0, -0.01, 0.01, 0, 0]), zeros, 5, 1.5) is False  # not the same five
+    assert has_settled(zeros + np.array([0, 0, 0, 0, 0.015, -0.015, 0, 0]), zeros, 5, 1.5)  # fifth within jitter of 0
+    with pytest.raises(ValueError):
+        LimeSettings(settle_margin=-1)
 
 
 def test_attention_from_the_prediction_and_a_clear_message_without_it(setup):

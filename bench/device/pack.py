@@ -3,7 +3,9 @@ of the checkout (name it in the device call's ``carry``): the films the benchmar
 ``../shared/data`` (that folder does not travel), a quarter of the Kermany films for training, and the
 pure-Python packages missing from that machine's image (lime, pydicom, platformdirs). About 20 MB.
 
-Then one call runs ``bench/device/run.sh`` (see there). Used for the H200 checks in docs/benchmarks.md.
+Then one call runs ``bench/device/run.sh`` (the CUDA tests, inference timings, training and faithfulness) or
+``bench/device/settle.sh`` (settle studies whose caches come back for ``bench_explain --replay``); see
+there. Used for the H200 checks in docs/benchmarks.md.
 """
 
 from __future__ import annotations

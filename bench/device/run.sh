@@ -6,19 +6,10 @@
 # the quarter of the Kermany films, then its LIME faithfulness against 5000-sample golds on the ten bench
 # films. Each step gets a share of what is left of BUDGET seconds; every log lands in $OUT as it is written.
 # SMOKE=1: the plumbing on a CPU with tiny settings.
-START=$(date +%s)
-BUDGET=${BUDGET:-480}
-OUT=${OUT:-/tmp/devout}
+source "$(dirname "$0")/env.sh"
 ARCHS=${ARCHS:-"fusion_tl"}
-mkdir -p "$OUT"
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 cap() { local l; l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo $l; }
-export PYTHONPATH=$PWD/.devrun/site:$PWD:$PWD/bench PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
-DEV=cuda; RUNS=/tmp/devruns
-[ -n "$SMOKE" ] && DEV=cpu
-{ date; nvidia-smi -L 2>&1 | head -2; nproc
-  python3 -c "import torch,timm,numpy,skimage;print(torch.__version__,timm.__version__,numpy.__version__,skimage.__version__,torch.cuda.is_available())"
-} > "$OUT/env.txt" 2>&1
 n=$(echo $ARCHS | wc -w)
 per=$(( (BUDGET - 200) / (n > 0 ? n : 1) ))  # what each network's training and explanation share
 

@@ -78,6 +78,13 @@ class LimeSettings:
     lime-1000's 0.71 (ten films: 0.90 at 182 samples, lime-1000 0.91). ``settle_from=0`` always draws
     ``num_samples``.
 
+    ``settle_margin`` > 0 also asks the fifth place to lead the sixth by more than that many times the
+    fits' jitter (:func:`has_settled`). Not the default: on 5000-sample golds (fifteenth session, three
+    runs per film, refits every 32 with margin 1.5 against the default) it agreed as well or a little
+    better (cs_convnext 1.00 both, dpn_se 0.89 both, da_covidnet 1.00 against 0.98, the bundled
+    mobilenet_lung-adult3 0.82 against 0.79) but drew 4-45% more samples (mean 161-255 against 154-176),
+    which costs the 10x on CPUs without bf16; docs/benchmarks.md has the tables.
+
     ``segmentation`` None lets the model choose (:func:`for_model`, ``CXRModel.lime_segmentation``): SLIC
     for all but cs_convnext, which asks for quickshift. On SLIC that network's evidence sits in one to
     three superpixels and the rest of a top five is noise (3000-sample golds, ``bench_explain
@@ -107,6 +114,7 @@ class LimeSettings:
     sampling: str = "orthogonal"  # or "paired", "independent" (lime's own); see above
     settle_from: int = 96  # 0: always draw num_samples
     settle_every: int = 48
+    settle_margin: float = 0.0  # 0: two agreeing fits are enough; see has_settled
 
     def __post_init__(self):
         if self.segmentation is not None and self.segmentation not in SEGMENTATIONS:
@@ -115,8 +123,8 @@ class LimeSettings:
             raise ValueError(f"unknown sampling {self.sampling!r}; choose from {', '.join(SAMPLINGS)}")
         if self.num_samples < 2:
             raise ValueError("LIME needs at least 2 samples")
-        if self.settle_from < 0 or self.settle_every < 1:
-            raise ValueError("settle_from must be >= 0 and settle_every >= 1")
+        if self.settle_from < 0 or self.settle_every < 1 or self.settle_margin < 0:
+            raise ValueError("settle_from and settle_margin must be >= 0, and settle_every >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -269,6 +277,38 @@ def lime_fit(explainer, data: np.ndarray, labels: np.ndarray, label: int) -> tup
     _, exp, score, _ = explainer.base.explain_instance_with_data(
         data, labels, distances, label, 100000, feature_selection=explainer.feature_selection)
     return exp, score
+
+
+def weight_vector(exp, n_features: int) -> np.ndarray:
+    """lime's [(superpixel, weight)...] -> weights (n_features,), 0 for any it left out."""
+    w = np.zeros(n_features)
+    for i, v in exp:
+        w[i] = v
+    return w
+
+
+def has_settled(previous: Optional[np.ndarray], weights: np.ndarray, k: int, margin: float) -> bool:
+    """The stopping rule (:class:`LimeSettings` ``settle_*``), from two successive fits' weights (one per
+    superpixel; ``previous`` None: this is the first fit): both name the same ``k`` strongest, and, where
+    ``margin`` > 0, the ``k``-th of them either leads the next by more than ``margin`` times the most any
+    of the ``k + 1`` strongest moved between the two fits, or is itself no further than that from zero.
+
+    Why the lead: two fits that share most of their rows can name the same top five by chance while the
+    fifth and sixth places are still within the fits' jitter of each other; how far the weights moved
+    between the fits is a free measure of that jitter. On a film with a near-tie at the fifth place the
+    rule then draws on (up to ``num_samples``) rather than stop on a coin toss. Why the exception: where
+    the network's evidence sits in fewer than ``k`` superpixels, the last places are a tie of weights
+    near zero that no affordable run resolves, and that the overlay does not outline anyway."""
+    if previous is None:
+        return False
+    order = np.argsort(-weights, kind="stable")
+    if set(order[:k].tolist()) != set(np.argsort(-previous, kind="stable")[:k].tolist()):
+        return False
+    if margin <= 0 or len(weights) <= k:
+        return True
+    kth, lead = weights[order[k - 1]], weights[order[k - 1]] - weights[order[k]]
+    jitter = margin * float(np.max(np.abs(weights[order[: k + 1]] - previous[order[: k + 1]])))
+    return bool(lead > jitter or kth <= jitter)
 
 
 def lime_fit_covariance(explainer, data: np.ndarray, labels: np.ndarray, label: int) -> tuple:
@@ -439,10 +479,10 @@ def explain_lime(
 
         def settled(data, labels) -> bool:
             exp, _ = fit(data, labels)
-            top = frozenset(i for i, w in sorted(exp, key=lambda iw: -iw[1])[: settings.num_features])
-            same = top == previous[0]
-            previous[0] = top
-            return same
+            weights = weight_vector(exp, data.shape[1])
+            done = has_settled(previous[0], weights, settings.num_features, settings.settle_margin)
+            previous[0] = weights
+            return done
 
         explainer.settled = settled
         explainer.settle_from, explainer.settle_every = settings.settle_from, settings.settle_every
