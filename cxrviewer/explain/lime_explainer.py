@@ -66,24 +66,25 @@ class LimeSettings:
 
     ``settle_from`` / ``settle_every``: from ``settle_from`` samples on, lime's regression is refitted
     every ``settle_every`` samples (a ridge fit on a few hundred rows: milliseconds), and sampling stops
-    as soon as two successive fits name the same ``num_features`` strongest supporting superpixels;
-    ``num_samples`` is then only the most it will draw. Measured on ten films with the bundled model, two
-    runs each (Jaccard@5 against a 3000-sample gold, ``bench_explain --settle-study``): with orthogonal
-    sampling, refits from 96 every 32 stopped after 141 samples on average at Jaccard 0.95; the
-    previous rule (paired draws, refits from 144 every 48) needed 209 for the same 0.95, and lime's own
-    independent draws with that rule 192 for 0.90. Refits every 48 (the default since): 151 samples for
-    the same 0.95 there; on cs_convnext (quickshift, eight films) 0.96 at 165 samples where every 32 gave
+    as soon as two successive fits name the same ``num_features`` strongest supporting superpixels (and,
+    by default, pass ``settle_margin``, below); ``num_samples`` is then only the most it will draw.
+    Measured on ten films with the bundled model, two runs each (Jaccard@5 against a 3000-sample gold,
+    ``bench_explain --settle-study``): with orthogonal sampling, refits from 96 every 32 stopped after 141
+    samples on average at Jaccard 0.95; the previous rule (paired draws, refits from 144 every 48) needed
+    209 for the same 0.95, and lime's own independent draws with that rule 192 for 0.90. Refits every 48
+    (the default until the fifteenth session): 151 samples for the same 0.95 there; on cs_convnext (quickshift, eight films) 0.96 at 165 samples where every 32 gave
     0.92 at 142 and lime-1000 0.96: two agreeing fits 48 samples apart are better evidence that a ranking
     has settled than 32 apart. That was chosen on those eight films; on two films held out, 0.69 against
     lime-1000's 0.71 (ten films: 0.90 at 182 samples, lime-1000 0.91). ``settle_from=0`` always draws
     ``num_samples``.
 
-    ``settle_margin`` > 0 also asks the fifth place to lead the sixth by more than that many times the
-    fits' jitter (:func:`has_settled`). Not the default: on 5000-sample golds (fifteenth session, three
-    runs per film, refits every 32 with margin 1.5 against the default) it agreed as well or a little
-    better (cs_convnext 1.00 both, dpn_se 0.89 both, da_covidnet 1.00 against 0.98, the bundled
-    mobilenet_lung-adult3 0.82 against 0.79) but drew 4-45% more samples (mean 161-255 against 154-176),
-    which costs the 10x on CPUs without bf16; docs/benchmarks.md has the tables.
+    ``settle_margin`` > 0 (1.5, with refits every 32, the default since the fifteenth session) also asks
+    the fifth place to lead the sixth by more than that many times the fits' jitter (:func:`has_settled`).
+    On 5000-sample golds, three runs per film, against agreement alone every 48: cs_convnext 1.00 both,
+    dpn_se 0.89 both, da_covidnet 1.00 against 0.98, mobilenet_lung-adult3 0.82 against 0.79, for 4-45%
+    more samples (mean 161-255 against 148-176). Chosen on those; on the default model, studied after
+    (mobilenet_lung-kermany3, ten films), 0.96 at 173 samples against 0.92 at 150, lime-1000 0.91.
+    docs/benchmarks.md has the tables.
 
     ``segmentation`` None lets the model choose (:func:`for_model`, ``CXRModel.lime_segmentation``): SLIC
     for all but cs_convnext, which asks for quickshift. On SLIC that network's evidence sits in one to
@@ -113,8 +114,8 @@ class LimeSettings:
     coarse_samples: int = 48  # >0: report an early estimate after this many samples (through on_coarse)
     sampling: str = "orthogonal"  # or "paired", "independent" (lime's own); see above
     settle_from: int = 96  # 0: always draw num_samples
-    settle_every: int = 48
-    settle_margin: float = 0.0  # 0: two agreeing fits are enough; see has_settled
+    settle_every: int = 32
+    settle_margin: float = 1.5  # 0: two agreeing fits are enough; see has_settled
 
     def __post_init__(self):
         if self.segmentation is not None and self.segmentation not in SEGMENTATIONS:
@@ -298,7 +299,7 @@ def has_settled(previous: Optional[np.ndarray], weights: np.ndarray, k: int, mar
     between the fits is a free measure of that jitter. On a film with a near-tie at the fifth place the
     rule then draws on (up to ``num_samples``) rather than stop on a coin toss. Why the exception: where
     the network's evidence sits in fewer than ``k`` superpixels, the last places are a tie of weights
-    near zero that no affordable run resolves, and that the overlay does not outline anyway."""
+    near zero that no affordable run resolves."""
     if previous is None:
         return False
     order = np.argsort(-weights, kind="stable")
