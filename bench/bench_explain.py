@@ -591,12 +591,19 @@ def main(argv=None) -> int:
                    help="golds and 1000-sample references through the fast path (bf16 where the CPU has it and "
                         "the check keeps it) instead of fp32, for networks whose fp32 golds take too long; the "
                         "function explained is then the one our explanation sees. The timed reference stays plain fp32")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="run as on a CPU without native bf16 (the fast path stays fp32); with ATEN_CPU_CAPABILITY=avx2 "
+                        "and ONEDNN_MAX_CPU_ISA=AVX2 in the environment, an AVX-512 machine stands in for an AVX2 one")
     p.add_argument("--film-list", default=None, metavar="FILE",
                    help="films to use, one path per line (relative to the file's folder), instead of the "
                         "choice from ../shared/data; for a machine that has only a copy of those films")
     args = p.parse_args(argv)
     global DEVICE, FILM_LIST, DATA_FAST
     DEVICE, DATA_FAST = torch.device(args.device), args.data_fast
+    if args.no_bf16:
+        import cxrviewer.inference
+
+        cxrviewer.inference.cpu_supports_bf16 = lambda: False
     if args.film_list:
         listed = Path(args.film_list)
         FILM_LIST = [listed.parent / line.strip() for line in listed.read_text().splitlines() if line.strip()]
