@@ -16,6 +16,7 @@ CACHES=/tmp/devcache
 n=$(echo $ARCHS | wc -w); workers=$(( $(nproc) / (n > 0 ? n : 1) ))
 export OMP_NUM_THREADS=$workers  # three processes on 16 cores: not each with 16 threads
 left() { echo $(( BUDGET - 15 - ($(date +%s) - START) )); }  # 15 s kept for the last tarballs
+pack() { tar -czf "$OUT/cache_$1.tgz" -C $CACHES $1 $RUNS/$1/report.md 2>/dev/null; }  # one network's cache
 
 one() {  # one network: train, then study, then pack its cache; all within what is left
   local arch=$1 log="$OUT/$1.txt" recipe=seed000
@@ -27,14 +28,14 @@ one() {  # one network: train, then study, then pack its cache; all within what 
   timeout $(( $(left) * 2 / 5 )) python3 -m trainer fit .devrun/kermany/quarter.csv --arch $arch $TR \
     --pretrained none --device $DEV --out $RUNS/$arch --name $arch-q > "$log" 2>&1; echo "train rc=$?" >> "$log"
   [ -f $RUNS/$arch/best.safetensors ] || return
-  ( while sleep 20; do tar -czf "$OUT/cache_$arch.tgz" -C $CACHES $arch $RUNS/$arch/report.md 2>/dev/null; done ) &
+  ( while sleep 20; do pack $arch; done ) &
   local packer=$!
   timeout $(left) python3 bench/bench_explain.py --device $DEV --film-list .devrun/films/list.txt \
     --checkpoints $RUNS/$arch/best.safetensors --settle-study $EX --settle-seeds 3 --samplings orthogonal \
     --with-reference --cache $CACHES/$arch --rules 96:48,144:48,192:48,96:96 >> "$log" 2>&1
   echo "study rc=$?" >> "$log"
   kill $packer 2>/dev/null
-  tar -czf "$OUT/cache_$arch.tgz" -C $CACHES $arch $RUNS/$arch/report.md 2>/dev/null
+  pack $arch
 }
 
 for arch in $ARCHS; do one $arch & done

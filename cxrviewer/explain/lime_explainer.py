@@ -72,11 +72,11 @@ class LimeSettings:
     ``bench_explain --settle-study``): with orthogonal sampling, refits from 96 every 32 stopped after 141
     samples on average at Jaccard 0.95; the previous rule (paired draws, refits from 144 every 48) needed
     209 for the same 0.95, and lime's own independent draws with that rule 192 for 0.90. Refits every 48
-    (the default until the fifteenth session): 151 samples for the same 0.95 there; on cs_convnext (quickshift, eight films) 0.96 at 165 samples where every 32 gave
-    0.92 at 142 and lime-1000 0.96: two agreeing fits 48 samples apart are better evidence that a ranking
-    has settled than 32 apart. That was chosen on those eight films; on two films held out, 0.69 against
-    lime-1000's 0.71 (ten films: 0.90 at 182 samples, lime-1000 0.91). ``settle_from=0`` always draws
-    ``num_samples``.
+    (the default until the fifteenth session): 151 samples for the same 0.95 there; on cs_convnext
+    (quickshift, eight films) 0.96 at 165 samples where every 32 gave 0.92 at 142 and lime-1000 0.96: two
+    agreeing fits 48 samples apart are better evidence that a ranking has settled than 32 apart. That
+    was chosen on those eight films; on two films held out, 0.69 against lime-1000's 0.71 (ten films:
+    0.90 at 182 samples, lime-1000 0.91). ``settle_from=0`` always draws ``num_samples``.
 
     ``settle_margin`` > 0 (1.5, with refits every 32, the default since the fifteenth session) also asks
     the fifth place to lead the sixth by more than that many times the fits' jitter (:func:`has_settled`).
@@ -444,8 +444,7 @@ def explain_lime(
     model_name = P.model_name_of(predictor_or_fn) if not _is_plain_fn(predictor_or_fn) else ""
 
     def build(intercept_exp, data_labels0, coarse: bool) -> Explanation:
-        local = dict(intercept_exp)
-        weights = np.array([local.get(i, 0.0) for i in range(int(segments.max()) + 1)], dtype=np.float32)
+        weights = weight_vector(intercept_exp, int(segments.max()) + 1).astype(np.float32)
         return Explanation(
             method="lime",
             class_index=int(class_index),
