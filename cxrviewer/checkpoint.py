@@ -64,6 +64,7 @@ def card_defaults(
     training: Optional[dict] = None,
     card: Optional[dict] = None,
     ood: Optional[dict] = None,
+    lime: Optional[dict] = None,
     default: bool = False,
 ) -> dict:
     """Build a complete card for ``model`` so the trainer, the importer and the tests all write the same
@@ -86,6 +87,8 @@ def card_defaults(
         "card": _json_clean(card or {}),
         "ood": _json_clean(ood),
     }
+    if lime:
+        out["lime"] = _json_clean(lime)
     if default:
         out["default"] = True
     return out
@@ -174,6 +177,7 @@ def validate_card(card, path=None) -> dict:
     c.setdefault("ood", None)
     if c["ood"] is not None and not isinstance(c["ood"], dict):
         raise bad("'ood' must be an object or null")
+    _check_lime(c.get("lime"), bad)
     if "default" in c and not isinstance(c["default"], bool):
         raise bad("'default' must be true or false")
 
@@ -187,6 +191,23 @@ def validate_card(card, path=None) -> dict:
         raise CheckpointError(path, f"unknown architecture {c['arch']!r} (this CXR Viewer may be too old"
                                     f"{'; ' + known if known else ''})") from None
     return c
+
+
+def _check_lime(lime, bad) -> None:
+    """The card's optional ``lime``: the superpixels LIME uses on this checkpoint unless the reader chooses
+    (``segmentation``, SLIC's ``n_segments``; see :func:`cxrviewer.explain.lime_explainer.for_model`). Other
+    keys are left for newer versions."""
+    if lime is None:
+        return
+    if not isinstance(lime, dict):
+        raise bad("'lime' must be an object")
+    from cxrviewer.explain.lime_explainer import SEGMENTATIONS
+
+    if "segmentation" in lime and lime["segmentation"] not in SEGMENTATIONS:
+        raise bad(f"'lime.segmentation' must be one of {', '.join(SEGMENTATIONS)}, got {lime['segmentation']!r}")
+    n = lime.get("n_segments")
+    if "n_segments" in lime and (isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 10000):
+        raise bad(f"'lime.n_segments' must be an integer between 2 and 10000, got {n!r}")
 
 
 def _is_finite_number(v) -> bool:

@@ -10,8 +10,9 @@ Two paths, on purpose:
   ``torch.inference_mode`` in chunks. It uses bf16 autocast only where the hardware computes bf16 natively
   (CUDA, or a CPU with AVX512-BF16/AMX), because emulated bf16 is slower than fp32, with the batch norms
   folded into the convolutions first, in fp32 (:func:`fold_batchnorm`); since bf16's effect depends on the
-  network, it is checked against the exact path on the first real inputs and dropped if it would break
-  the tolerance. On the CPU the copy, fp32 or bf16, is then traced and frozen (:data:`TRACE_FAST_CPU`):
+  network and the film, it is checked against the exact path on the first real inputs and again on each
+  film an explanation starts (:meth:`Predictor.verify_fast`), and an fp32 copy serves wherever it would
+  break the tolerance. On the CPU the copy, fp32 or bf16, is then traced and frozen (:data:`TRACE_FAST_CPU`):
   in fp32 that folds batch norm and fuses conv+add+relu; in bf16 it removes the per-op dispatch and
   autocast overhead, worth most for networks of many small layers (MobileNet, Fusion-TL's three trunks;
   docs/benchmarks.md). Probabilities stay within :data:`FAST_TOLERANCE` (max absolute difference) of the
@@ -130,6 +131,7 @@ class Predictor:
         pop = (self.card.get("card") or {}).get("population")
         self.population = pop if isinstance(pop, dict) else None  # e.g. the trained age range
         self._fast = None  # (device, bf16, run, description)
+        self._fast_spare = None  # the other precision's copy, kept so a film's verdict switches without a rebuild
         self._reduced_ok: Optional[bool] = None  # reduced precision checked on real inputs: None = not yet
         self.fast_reduced_error: Optional[float] = None  # what that check measured
         self.device = torch.device("cpu")
@@ -158,7 +160,7 @@ class Predictor:
                 raise
             self._notice(f"Could not use {dev} ({_short(e)}); running on the CPU")
             self._place(torch.device("cpu"))
-        self._fast, self._reduced_ok = None, None
+        self._fast, self._fast_spare, self._reduced_ok = None, None, None
 
     def _place(self, dev: torch.device) -> None:
         """Put the network on ``dev``, channels-last where the model asks for it
@@ -173,7 +175,7 @@ class Predictor:
 
     def _fall_back_to_cpu(self, exc: BaseException) -> None:
         self._notice(f"The GPU failed ({_short(exc)}); switched to the CPU for this model")
-        self._fast, self._reduced_ok = None, None  # other hardware: check reduced precision afresh
+        self._fast, self._fast_spare, self._reduced_ok = None, None, None  # other hardware: check afresh
         try:
             self._place(torch.device("cpu"))
         except Exception:  # a dead CUDA context can fail the copy back; reload from the file then
@@ -327,8 +329,12 @@ class Predictor:
     def _fast_runner(self, dev: torch.device, bf16: Optional[bool]):
         use_bf16 = self.fast_uses_bf16(dev) if bf16 is None else bool(bf16) and self._reduced_ok is not False
         if not self._fast_built_for(dev, use_bf16):
-            fast, how = self._fast_copy(dev, use_bf16)
-            self._fast = self._fast_finish(fast, dev, use_bf16, how)
+            spare = self._fast_spare
+            if spare is not None and spare[0] == dev and spare[1] == use_bf16:
+                self._fast_spare, self._fast = self._fast, spare
+            else:
+                fast, how = self._fast_copy(dev, use_bf16)
+                self._fast_spare, self._fast = self._fast, self._fast_finish(fast, dev, use_bf16, how)
         return self._fast[2], self._fast[3]
 
     def _fast_built_for(self, dev: torch.device, use_bf16: bool) -> bool:
@@ -402,8 +408,9 @@ class Predictor:
     def fast_predict_batch(self, x, batch_size: Optional[int] = None, bf16: Optional[bool] = None) -> np.ndarray:
         """Calibrated probabilities (B, C) float64 by the fast path, within :data:`FAST_TOLERANCE` of
         :meth:`predict_batch`. ``bf16`` None: reduced precision where the hardware supports it natively;
-        True asks for it anyway, False never. Reduced precision is checked once on the first real inputs
-        (see :meth:`_check_reduced`) and dropped for this predictor if it exceeds the tolerance."""
+        True asks for it anyway, False never. Reduced precision is checked on the first real inputs (see
+        :meth:`_check_reduced`) and again by each :meth:`verify_fast`; where it exceeds the tolerance the
+        fp32 copy serves until a later check passes."""
         t = self._as_batch(x)
         out = []
         with self.lock:
@@ -429,16 +436,20 @@ class Predictor:
         return logits
 
     def verify_fast(self, x, with_probs: bool = False):
-        """Check reduced precision against the exact path on these inputs now, and drop it for this
-        predictor if it fails (see :meth:`_check_reduced`); -> the largest probability difference, or None
-        when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with every
-        film's unperturbed image before sampling (one exact forward against a hundred or more fast ones):
-        the first check, on the first film explained, cannot speak for a film whose features bf16 rounds
-        differently. ``with_probs`` -> (that, the exact calibrated probabilities of ``x``): the check's own
+        """Check reduced precision against the exact path on these inputs now, afresh, and use fp32 until
+        the next check if it fails (see :meth:`_check_reduced`); -> the largest probability difference, or
+        None when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with
+        every film's unperturbed image before sampling (one exact forward against a hundred or more fast
+        ones): the check on one film cannot speak for a film whose features bf16 rounds differently, in
+        either direction. The bundled adult model's bf16 passed on two of ten films after a failure had made
+        fp32 stick (6.4x lime's default instead of ~13x; sixteenth session, docs/benchmarks.md).
+        ``with_probs`` -> (that, the exact calibrated probabilities of ``x``): the check's own
         exact forward, so an explainer told to explain the top class gets the one the reader is shown
         without a forward of its own."""
         t = self._as_batch(x)
         with self.lock:
+            if self._reduced_ok is False:
+                self._reduced_ok = None  # this film's own verdict
             error, exact = self._guarded(lambda dev: self._verify_fast(dev, t, with_probs))
         return (error, self._calibrated(exact)) if with_probs else error
 
@@ -460,7 +471,8 @@ class Predictor:
         being explained. How much bf16 rounding moves a probability depends on the network and on how
         much its features vary between films, which no fixed rule can know; measuring it on the real
         inputs makes the tolerance a guarantee. Half the tolerance is required, since only a sample is
-        checked; a network that fails keeps the fp32 fast path (still channels-last, traced)."""
+        checked; where it fails, the fp32 fast copy (still channels-last, traced) serves and the reduced
+        one is kept aside for the next check."""
         k = min(4, chunk.shape[0])
         exact = self._exact_logits(dev, chunk[:k]) if exact is None else exact[:k]
         diff = float(np.abs(softmax64(exact.numpy(), self.temperature)
@@ -470,7 +482,6 @@ class Predictor:
         if not self._reduced_ok:
             log.info("fast path: reduced precision moved %s's probabilities by %.3g (> %.3g); using fp32",
                      self.model_name, diff, FAST_TOLERANCE / 2)
-            self._fast = None
         return self._reduced_ok
 
     def __repr__(self) -> str:

@@ -56,6 +56,7 @@ def test_every_bundled_card_is_complete(path):
     # the file's card matches its source text, so the card in the repo is the one reviewed
     source = json.loads((MODELS / "cards" / f"{path.stem}.json").read_text())
     assert card["display_name"] == source["display_name"] and text["limits"] == source["limits"]
+    assert card["version"] == source["version"] and card.get("lime") == source.get("lime")
 
 
 def test_adult_model_states_the_source_confound():
@@ -64,6 +65,24 @@ def test_adult_model_states_the_source_confound():
         pytest.skip("adult model not bundled")
     limits = read_card(p)["card"]["limits"]
     assert "CONFOUND" in limits and "UPPER BOUND" in limits
+
+
+def test_each_bundled_model_explains_with_the_superpixels_its_card_asks_for():
+    """The adult model's LIME is cut into SLIC's ~43 superpixels (its card's ``lime``, measured in
+    docs/benchmarks.md), the default model's into ~20, unless the reader chooses."""
+    from cxrviewer.explain import explain
+    from cxrviewer.explain.lime_explainer import LimeSettings
+    from cxrviewer.film import load_film
+    from cxrviewer.inference import Predictor
+
+    film = load_film(SAMPLES / "kermany_normal_IM-0117-0001.dcm")
+    quick = LimeSettings(num_samples=32, coarse_samples=0, settle_from=0)
+    counts = {}
+    for path in (MODELS / "mobilenet_lung-adult3.safetensors", default_model_entry().path):
+        e = explain(Predictor.from_checkpoint(path, "cpu"), film, "lime", 0, quick)
+        counts[path.stem] = (e.settings["n_segments"], int(e.segments.max()) + 1)
+    assert counts["mobilenet_lung-adult3"][0] == 50 and counts["mobilenet_lung-kermany3"][0] == 30, counts
+    assert counts["mobilenet_lung-adult3"][1] > 35 > 25 > counts["mobilenet_lung-kermany3"][1], counts
 
 
 def test_default_model_reads_the_sample_films_and_rejects_non_chest_images():

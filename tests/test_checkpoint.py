@@ -247,6 +247,11 @@ def test_card_lying_about_classes(tmp_path):
         ({"training": "yesterday"}, "must be an object"),
         ({"preprocess": {"input_size": 224, "resize": "squash", "mean": [0.5] * 3, "std": [0.5] * 3}}, "version"),
         ({"default": "yes"}, "true or false"),
+        ({"lime": "slic"}, "'lime' must be an object"),
+        ({"lime": {"segmentation": "watershed"}}, "lime.segmentation"),
+        ({"lime": {"n_segments": 1}}, "lime.n_segments"),
+        ({"lime": {"n_segments": True}}, "lime.n_segments"),
+        ({"lime": {"n_segments": "50"}}, "lime.n_segments"),
     ],
 )
 def test_card_field_validation(change, message):

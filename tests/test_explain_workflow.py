@@ -442,3 +442,13 @@ def test_lime_segments_as_the_model_asks_unless_the_reader_chooses(setup):
     from cxrviewer.models.mobilenet_lung import MobileNetV2Classifier
 
     assert CSConvNeXt.lime_segmentation == "quickshift" and MobileNetV2Classifier.lime_segmentation is None
+    # a checkpoint can ask too, over its architecture (its card's "lime": the bundled adult model asks for
+    # SLIC's 50), and the reader's choice still wins
+    card_asks = FakePredictor(model, spec)
+    card_asks.card["lime"] = {"segmentation": "slic", "n_segments": 50}
+    fine = explain_lime(card_asks, gray, 1, quick)
+    assert fine.settings["segmentation"] == "slic" and fine.settings["n_segments"] == 50
+    np.testing.assert_array_equal(fine.segments, segment(rgb, replace(quick, segmentation="slic", n_segments=50)))
+    assert fine.segments.max() > results[None].segments.max()
+    mine = explain_lime(card_asks, gray, 1, replace(quick, n_segments=30))
+    np.testing.assert_array_equal(mine.segments, results[None].segments)

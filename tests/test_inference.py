@@ -175,15 +175,19 @@ def test_fast_path_drops_bf16_that_would_break_the_tolerance():
     assert np.abs(pr.fast_predict_batch(x, bf16=True) - exact).max() <= FAST_TOLERANCE
 
 
-def test_lime_checks_bf16_on_every_film_and_drops_it_on_one_it_fails(monkeypatch):
-    """bf16's check on the first film explained cannot speak for the next: this network saturates on a
-    noise film (bf16 exact there) and swings on a chest-like one. LIME checks each film's unperturbed
-    image first, so the second film is explained in fp32, and the predictor keeps fp32 from then on."""
+def test_lime_checks_bf16_on_every_film_and_uses_fp32_on_one_it_fails(monkeypatch):
+    """bf16's check on one film cannot speak for the next, either way: this network saturates on a noise
+    film (bf16 exact there) and swings on a chest-like one. LIME checks each film's unperturbed image
+    first, so the chest-like film is explained in fp32 and the next noise film in bf16 again, each
+    precision's copy built once."""
     from cxrviewer import inference
     from cxrviewer.explain import LimeSettings, explain_lime
 
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)  # as on AMX machines; emulated elsewhere
     pr = _predictor(TINY, seed=4)
+    built = []
+    copy_of = pr._fast_copy
+    monkeypatch.setattr(pr, "_fast_copy", lambda dev, bf16: built.append(bf16) or copy_of(dev, bf16))
     settings = LimeSettings(num_samples=48, settle_from=0)
     noise = np.random.default_rng(0).integers(0, 256, (300, 260)).astype(np.uint8)
     first = explain_lime(pr, noise, None, settings)
@@ -194,6 +198,11 @@ def test_lime_checks_bf16_on_every_film_and_drops_it_on_one_it_fails(monkeypatch
     assert "autocast" not in pr.prepare_fast() and not pr.fast_uses_bf16()
     exact = pr.predict_batch(preprocess_gray(film, pr.spec)[0][None])[0]
     assert second.probability == pytest.approx(exact[second.class_index], abs=1e-4)  # sampled in fp32
+    third = explain_lime(pr, noise, None, settings)
+    assert third.settings["fast_error"] <= FAST_TOLERANCE / 2 and "autocast" in pr.prepare_fast()
+    np.testing.assert_allclose(third.segment_weights, first.segment_weights, atol=1e-9)  # bf16, as the first
+    assert explain_lime(pr, film, None, settings).settings["fast_error"] > FAST_TOLERANCE / 2
+    assert built == [True, False]  # switched between the two copies, never rebuilt
     monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
     assert explain_lime(pr, film, None, settings).settings["fast_error"] is None  # fp32: nothing to check
 

@@ -241,6 +241,35 @@ def test_publish_writes_a_complete_model_card(full_run, tmp_path, capsys, monkey
     assert "accuracy" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
 
 
+def test_publish_rewrites_a_published_models_card_and_keeps_its_weights_and_metrics(full_run, tmp_path, capsys):
+    """A LIME setting measured after publishing (the bundled adult model's), or a corrected limit, goes into
+    the card without the run folder; a setting the viewer could not use is refused and nothing is written."""
+    import torch
+
+    from cxrviewer.checkpoint import load_checkpoint
+
+    res, _, _ = full_run
+    (tmp_path / "card.json").write_text(json.dumps({"display_name": "Stripes", "limits": "stripes only"}))
+    first = tmp_path / "stripes.safetensors"
+    assert main(["publish", str(res.run_dir), "--card", str(tmp_path / "card.json"), "--out", str(first)]) == 0
+    (tmp_path / "card.json").write_text(json.dumps({"display_name": "Stripes", "version": "1.1",
+                                                    "limits": "stripes only; not for diagnosis",
+                                                    "lime": {"segmentation": "slic", "n_segments": 50}}))
+    again = tmp_path / "stripes-1.1.safetensors"
+    assert main(["publish", str(first), "--card", str(tmp_path / "card.json"), "--out", str(again)]) == 0
+    (m1, c1), (m2, c2) = load_checkpoint(first), load_checkpoint(again)
+    assert c2["lime"] == {"segmentation": "slic", "n_segments": 50} and "lime" not in c1
+    assert c2["version"] == "1.1" and c2["card"]["limits"] == "stripes only; not for diagnosis"
+    assert c2["training"] == c1["training"] and c2["ood"] == c1["ood"] and c2["temperature"] == c1["temperature"]
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+    capsys.readouterr()
+    (tmp_path / "card.json").write_text(json.dumps({"display_name": "Stripes", "lime": {"n_segments": 0}}))
+    before = again.read_bytes()
+    assert main(["publish", str(again), "--card", str(tmp_path / "card.json"), "--out", str(again)]) == 2
+    assert "lime.n_segments" in capsys.readouterr().err and again.read_bytes() == before
+
+
 def test_trained_model_flags_non_chest_images_as_outside(full_run, dataset):
     """The trainer stores the guard; the prediction's own features are scored (no second run)."""
     import numpy as np

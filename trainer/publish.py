@@ -35,31 +35,39 @@ def _read_json(path: Path, what: str) -> dict:
 
 def publish(run_dir, card_file, out, *, default: bool = False) -> dict:
     """Write ``out`` (a ``.safetensors``) from ``run_dir``'s best checkpoint and ``metrics.json`` plus the
-    text fields of ``card_file`` (``display_name``, ``version`` and any of ``CARD_TEXT_FIELDS``).
-    Returns the card written."""
+    text fields of ``card_file`` (``display_name``, ``version``, any of ``CARD_TEXT_FIELDS``, and ``lime``,
+    the superpixels its explanations use, see :func:`cxrviewer.checkpoint.validate_card`).
+
+    ``run_dir`` may instead be a published model: its weights, training record and metrics are kept and
+    only the card file's part is rewritten (a corrected limit, a LIME setting measured after publishing),
+    so a card can change without the run folder or retraining. Returns the card written."""
     from cxrviewer.checkpoint import card_defaults, card_spec, load_checkpoint, save_checkpoint
 
     run_dir = Path(run_dir)
     text = _read_json(card_file, "the model card's text (display_name, version, description, data, limits, ...)")
-    unknown = sorted(set(text) - set(CARD_TEXT_FIELDS) - {"display_name", "version", "name"})
+    unknown = sorted(set(text) - set(CARD_TEXT_FIELDS) - {"display_name", "version", "name", "lime"})
     if unknown:
         raise PublishError(f"{card_file}: unknown field(s) {', '.join(unknown)}; "
-                           f"allowed: name, display_name, version, {', '.join(CARD_TEXT_FIELDS)}")
-    metrics = _read_json(run_dir / "metrics.json", "the run has not finished (no metrics.json)")
-    if not metrics.get("test"):
-        raise PublishError(f"{run_dir} has no test split: a published model needs held-out metrics")
-    model, old = load_checkpoint(run_dir / "best.safetensors")
-    training = dict(old.get("training") or {})
-    history = metrics.get("history") or []
-    training["train_seconds"] = round(sum(float(h.get("seconds") or 0) for h in history), 1)
-    training["metrics"] = {"test": card_metrics(metrics["test"]), "val": card_metrics(metrics.get("val")),
-                           "temperature": metrics.get("temperature"), "best_epoch": metrics.get("best_epoch"),
-                           "select_metric": metrics.get("select_metric")}
+                           f"allowed: name, display_name, version, lime, {', '.join(CARD_TEXT_FIELDS)}")
+    if run_dir.suffix.lower() == ".safetensors":
+        model, old = load_checkpoint(run_dir)
+        training, default = old.get("training") or {}, default or bool(old.get("default"))
+    else:
+        metrics = _read_json(run_dir / "metrics.json", "the run has not finished (no metrics.json)")
+        if not metrics.get("test"):
+            raise PublishError(f"{run_dir} has no test split: a published model needs held-out metrics")
+        model, old = load_checkpoint(run_dir / "best.safetensors")
+        training = dict(old.get("training") or {})
+        history = metrics.get("history") or []
+        training["train_seconds"] = round(sum(float(h.get("seconds") or 0) for h in history), 1)
+        training["metrics"] = {"test": card_metrics(metrics["test"]), "val": card_metrics(metrics.get("val")),
+                               "temperature": metrics.get("temperature"), "best_epoch": metrics.get("best_epoch"),
+                               "select_metric": metrics.get("select_metric")}
     card = card_defaults(model, old["classes"], card_spec(old), name=text.get("name", old["name"]),
                          display_name=text.get("display_name"), version=text.get("version", "1.0"),
                          temperature=old.get("temperature", 1.0), training=training,
                          card={k: text[k] for k in CARD_TEXT_FIELDS if text.get(k)}, ood=old.get("ood"),
-                         default=default)
+                         lime=text.get("lime", old.get("lime")), default=default)
     save_checkpoint(out, model, card)
     return card
 
@@ -74,7 +82,8 @@ def main_publish(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("publish", help="write a finished run's best model with a complete model card")
-    p.add_argument("run", type=Path, help="the run folder (holds best.safetensors and metrics.json)")
+    p.add_argument("run", type=Path, help="the run folder (holds best.safetensors and metrics.json), or a "
+                                          "published .safetensors whose card is to be rewritten")
     p.add_argument("--card", type=Path, required=True,
                    help="JSON with display_name, version and the card's text: " + ", ".join(CARD_TEXT_FIELDS))
     p.add_argument("--out", type=Path, required=True, help="the .safetensors to write")

@@ -31,10 +31,16 @@ def model_of(predictor):
     return model if model is not None else predictor
 
 
-def lime_segmentation_of(predictor) -> Optional[str]:
-    """The superpixel method the model asks LIME to use (``CXRModel.lime_segmentation``), or None."""
+def lime_defaults_of(predictor) -> dict:
+    """The superpixels the model asks LIME to use: ``segmentation`` from the architecture
+    (``CXRModel.lime_segmentation``), then ``segmentation`` and ``n_segments`` from the checkpoint's card
+    (``lime``, checked by :func:`cxrviewer.checkpoint.validate_card`); {} when it asks nothing."""
+    out = {}
     method = getattr(model_of(predictor), "lime_segmentation", None)
-    return method if isinstance(method, str) else None
+    if isinstance(method, str):
+        out["segmentation"] = method
+    out.update({k: v for k, v in (card_of(predictor).get("lime") or {}).items() if k in ("segmentation", "n_segments")})
+    return out
 
 
 def class_names_of(predictor, num_classes: Optional[int] = None) -> list:

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "draws with complements, or lime's own independent draws")
     g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation,
                    help="superpixel method (default: the model's own; SLIC for most, quickshift for cs_convnext)")
-    g.add_argument("--segments", type=int, default=d.n_segments, help=f"SLIC superpixels (default {d.n_segments})")
+    g.add_argument("--segments", type=int, default=d.n_segments,
+                   help="SLIC's target superpixel count (default: the model's own; 30 unless its card says)")
     g.add_argument("--features", type=int, default=d.num_features, help="the most superpixels to outline (those coloured at the threshold, and with at least a tenth of the largest weight)")
     g.add_argument("--seed", type=int, default=d.random_seed)
     g = p.add_argument_group("overlay")
