@@ -441,8 +441,9 @@ class Predictor:
         None when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with
         every film's unperturbed image before sampling (one exact forward against a hundred or more fast
         ones): the check on one film cannot speak for a film whose features bf16 rounds differently, in
-        either direction. The bundled adult model's bf16 passed on two of ten films after a failure had made
-        fp32 stick (6.4x lime's default instead of ~13x; sixteenth session, docs/benchmarks.md).
+        either direction. The bundled adult model's bf16 fails on three of the benchmark's ten films; when the
+        first failure made fp32 stick, seven films ran in fp32 instead of three (its LIME 6.4x lime's
+        default instead of 9.1x; sixteenth session, docs/benchmarks.md).
         ``with_probs`` -> (that, the exact calibrated probabilities of ``x``): the check's own
         exact forward, so an explainer told to explain the top class gets the one the reader is shown
         without a forward of its own."""
