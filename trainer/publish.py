@@ -85,6 +85,7 @@ def add_parser(sub) -> None:
     p.add_argument("run", type=Path, help="the run folder (holds best.safetensors and metrics.json), or a "
                                           "published .safetensors whose card is to be rewritten")
     p.add_argument("--card", type=Path, required=True,
-                   help="JSON with display_name, version and the card's text: " + ", ".join(CARD_TEXT_FIELDS))
+                   help="JSON with display_name, version, the card's text (" + ", ".join(CARD_TEXT_FIELDS)
+                        + ") and optionally lime, the superpixels its explanations use")
     p.add_argument("--out", type=Path, required=True, help="the .safetensors to write")
     p.add_argument("--default", action="store_true", help="mark it as the model the viewer starts with")

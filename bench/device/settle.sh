@@ -19,9 +19,10 @@ left() { echo $(( BUDGET - 15 - ($(date +%s) - START) )); }  # 15 s kept for the
 pack() { tar -czf "$OUT/cache_$1.tgz" -C $CACHES $1 $RUNS/$1/report.md 2>/dev/null; }  # one network's cache
 
 one() {  # one network: train, then study, then pack its cache; all within what is left
-  local arch=$1 log="$OUT/$1.txt" recipe=seed000
-  case $arch in da_covidnet) recipe=seed001;; dpn_se) recipe=seed002;; mobilenet_lung) recipe=seed003;;
-    fusion_tl) recipe=seed004;; esac
+  local arch=$1 log="$OUT/$1.txt" recipe
+  recipe=$(python3 -c "from cxrviewer.models import model_info; from trainer.recipes import RECIPES
+p = model_info('$arch').paper  # the recipe of the paper that defines the network
+print(next((n for n, r in RECIPES.items() if p and r.paper == p), 'seed000'))")
   if [ -n "$SMOKE" ]; then TR="--recipe smoke --epochs 1"; EX="--films 1 --gold 300 --samples 200"; else
     TR="--recipe $recipe --epochs $EPOCHS --lr 3e-4 --batch-size 32 --no-deterministic --workers $workers"
     EX="--films 10 --gold 5000 --samples 480"; fi
