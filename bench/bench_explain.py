@@ -594,6 +594,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-bf16", action="store_true",
                    help="run as on a CPU without native bf16 (the fast path stays fp32); with ATEN_CPU_CAPABILITY=avx2 "
                         "and ONEDNN_MAX_CPU_ISA=AVX2 in the environment, an AVX-512 machine stands in for an AVX2 one")
+    p.add_argument("--bf16-input-side", action="store_true",
+                   help="the bf16 copy rounds the layers a model keeps in fp32 too (CXRModel.reduced_precision_fp32), "
+                        "as before the seventeenth session: the A/B for what keeping them costs and saves")
     p.add_argument("--film-list", default=None, metavar="FILE",
                    help="films to use, one path per line (relative to the file's folder), instead of the "
                         "choice from ../shared/data; for a machine that has only a copy of those films")
@@ -604,6 +607,10 @@ def main(argv=None) -> int:
         import cxrviewer.inference
 
         cxrviewer.inference.cpu_supports_bf16 = lambda: False
+    if args.bf16_input_side:
+        import cxrviewer.inference
+
+        cxrviewer.inference.FP32_INPUT_SIDE = False
     if args.film_list:
         listed = Path(args.film_list)
         FILM_LIST = [listed.parent / line.strip() for line in listed.read_text().splitlines() if line.strip()]

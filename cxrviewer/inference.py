@@ -354,6 +354,9 @@ class Predictor:
             amp_dtype = torch.bfloat16
             if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
                 amp_dtype = torch.float16
+            names = getattr(self.model, "reduced_precision_fp32", ()) if FP32_INPUT_SIDE else ()
+            kept = keep_in_fp32(fast, names, dev.type)
+            how += f", {kept} input-side modules in fp32" if kept else ""
             fast = ReducedPrecisionTrunk(fast, dev.type, amp_dtype).eval()
         return fast, how
 
@@ -441,9 +444,10 @@ class Predictor:
         None when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with
         every film's unperturbed image before sampling (one exact forward against a hundred or more fast
         ones): the check on one film cannot speak for a film whose features bf16 rounds differently, in
-        either direction. The bundled adult model's bf16 fails on three of the benchmark's ten films; when the
-        first failure made fp32 stick, seven films ran in fp32 instead of three (its LIME 6.4x lime's
-        default instead of 9.1x; sixteenth session, docs/benchmarks.md).
+        either direction. Before its input side was kept in fp32 (``CXRModel.reduced_precision_fp32``), the
+        bundled adult model's bf16 failed on three of the benchmark's ten films; when the first failure
+        made fp32 stick, seven films ran in fp32 instead of three (its LIME 6.4x lime's default instead of
+        9.1x; sixteenth session, docs/benchmarks.md).
         ``with_probs`` -> (that, the exact calibrated probabilities of ``x``): the check's own
         exact forward, so an explainer told to explain the top class gets the one the reader is shown
         without a forward of its own."""
@@ -490,6 +494,7 @@ class Predictor:
 
 
 TRACE_FAST_CPU = True  # False runs the CPU fast copy eagerly (for A/B measurements and tests)
+FP32_INPUT_SIDE = True  # False rounds a model's reduced_precision_fp32 modules too (for A/B measurements)
 
 
 class ReducedPrecisionTrunk(torch.nn.Module):
@@ -505,6 +510,36 @@ class ReducedPrecisionTrunk(torch.nn.Module):
         with torch.autocast(self.device_type, dtype=self.dtype):
             pooled = self.model.forward_features(x)
         return self.model.forward_head(pooled.float())
+
+
+class FullPrecision(torch.nn.Module):
+    """One submodule of the reduced-precision copy run in fp32 inside its autocast (see
+    ``CXRModel.reduced_precision_fp32``)."""
+
+    def __init__(self, inner: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.inner, self.device_type = inner, device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, enabled=False):
+            return self.inner(x.float())
+
+
+def keep_in_fp32(model: torch.nn.Module, names, device_type: str) -> int:
+    """Wrap the submodules ``names`` of ``model`` (a private copy) in :class:`FullPrecision`; names whose
+    module is absent (MobileNetV2's ``stem_se`` in the plain baseline) are skipped. -> how many were
+    wrapped. A name that is not a submodule path at all is a model's mistake and raises."""
+    wrapped = 0
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if leaf not in parent._modules and not hasattr(parent, leaf):
+            raise AttributeError(f"{type(model).__name__}.reduced_precision_fp32 names {name!r}, which it has not")
+        inner = parent._modules.get(leaf)
+        if inner is not None:
+            parent._modules[leaf] = FullPrecision(inner, device_type)
+            wrapped += 1
+    return wrapped
 
 
 def _same_function(ref: torch.Tensor, got: torch.Tensor) -> bool:

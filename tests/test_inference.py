@@ -253,6 +253,42 @@ def test_bf16_path_folds_batch_norm_in_fp32_and_stays_exact_in_fp32():
     assert "batch norms folded" in pr.prepare_fast(bf16=True)
 
 
+@pytest.mark.parametrize("arch, kept", [("mobilenet_lung", 3), ("mobilenetv2", 2)])
+def test_reduced_precision_copy_runs_the_models_input_side_in_fp32(monkeypatch, arch, kept):
+    """MobileNet-Lung declares its stem, stem SE and first block (``reduced_precision_fp32``): inside the
+    bf16 copy they take and give fp32, the blocks after them bf16; the plain baseline has no stem SE."""
+    from cxrviewer import inference as I
+    from cxrviewer.models import create_model
+
+    torch.manual_seed(0)
+    model = calibrate(create_model(arch, 3, pretrained=None), seed=0).eval()
+    pr = Predictor(model, card_defaults(model, CLASSES3, name="m"), "cpu")
+    monkeypatch.setattr(I, "TRACE_FAST_CPU", False)  # eager, so hooks see every module
+    assert f"{kept} input-side modules in fp32" in pr.prepare_fast(bf16=True)
+    fast = pr._fast_copy(torch.device("cpu"), True)[0]
+    wrapped = [n for n, m in fast.named_modules() if isinstance(m, I.FullPrecision)]
+    assert len(wrapped) == kept and all(n.removeprefix("model.") in model.reduced_precision_fp32 for n in wrapped)
+    seen = {}
+    for name in ("model.backbone.features.0", "model.backbone.features.1", "model.backbone.features.2"):
+        fast.get_submodule(name).register_forward_hook(
+            lambda mod, args, out, name=name: seen.update({name: (args[0].dtype, out.dtype)}))
+    with torch.inference_mode():
+        fast(torch.from_numpy(_real_like_batch(2)).contiguous(memory_format=torch.channels_last))
+    assert seen["model.backbone.features.0"] == seen["model.backbone.features.1"] == (torch.float32, torch.float32)
+    assert seen["model.backbone.features.2"][1] == torch.bfloat16  # the rest of the trunk in bf16
+    assert all(not isinstance(m, I.FullPrecision) for m in pr.model.modules())  # the exact model untouched
+
+
+def test_a_model_naming_a_module_it_has_not_for_fp32_is_refused():
+    from cxrviewer.inference import keep_in_fp32
+    from cxrviewer.models import create_model
+
+    model = create_model("mobilenetv2", 3, pretrained=None)
+    assert keep_in_fp32(model, ("stem_se", "backbone.features.0"), "cpu") == 1  # absent stem SE: skipped
+    with pytest.raises(AttributeError, match="backbone.stem"):
+        keep_in_fp32(model, ("backbone.stem",), "cpu")
+
+
 def test_batch_norm_folding_undone_when_a_guessed_pair_is_not_in_sequence():
     # conv1/bn1 by name, but the block normalises its input before the convolution: folding would change
     # the result, so it must be detected and undone.

@@ -6,6 +6,8 @@ two films; single-film runs use a smaller input where the architecture allows it
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -90,6 +92,11 @@ def test_forward_at_224_shapes_features_attention_gradcam(name):
     # the viewer opens on the model's attention only where it is a deep, class-level map
     opens_on_attention = {"cs_convnext", "da_covidnet", "dpn_se"}
     assert model.first_heatmap == ("attention" if name in opens_on_attention else "gradcam")
+    # what the bf16 fast copy keeps in fp32 names modules the network has (the plain MobileNetV2 has no stem SE)
+    from cxrviewer.inference import keep_in_fp32
+
+    kept = {"mobilenet_lung": 3, "mobilenetv2": 2, "da_covidnet": 1}.get(name, 0)
+    assert keep_in_fp32(copy.deepcopy(model), model.reduced_precision_fp32, "cpu") == kept  # _model's is shared
 
 
 @pytest.mark.parametrize("name", sorted(ATTENTION | BASELINES))

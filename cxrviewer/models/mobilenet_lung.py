@@ -33,6 +33,9 @@ class MobileNetV2Classifier(CXRModel):
 
     With ``stem_se=False`` it is the plain MobileNetV2 baseline, so both share one implementation."""
 
+    # the stem, its SE and the first block, at 112x112 before any expansion (see CXRModel)
+    reduced_precision_fp32 = ("backbone.features.0", "stem_se", "backbone.features.1")
+
     def __init__(self, num_classes: int, pretrained=None, stem_se: bool = True, se_reduction: int = 16,
                  dropout: float = 0.2) -> None:
         super().__init__()
