@@ -60,6 +60,7 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cxrviewer.inference  # noqa: E402  (--no-bf16 and --bf16-input-side set its switches)
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
 from cxrviewer.explain.lime_explainer import (SAMPLINGS, SEGMENTATIONS, LimeSettings,  # noqa: E402
                                               _lime_explainer_class, explain_lime, for_model, has_settled,
@@ -604,12 +605,8 @@ def main(argv=None) -> int:
     global DEVICE, FILM_LIST, DATA_FAST
     DEVICE, DATA_FAST = torch.device(args.device), args.data_fast
     if args.no_bf16:
-        import cxrviewer.inference
-
         cxrviewer.inference.cpu_supports_bf16 = lambda: False
     if args.bf16_input_side:
-        import cxrviewer.inference
-
         cxrviewer.inference.FP32_INPUT_SIDE = False
     if args.film_list:
         listed = Path(args.film_list)

@@ -24,10 +24,11 @@ the five attention networks and the plain baselines alike.
   finer where it lies, or the rest of its top five is noise (CS-ConvNeXt, docs/benchmarks.md).
 - ``reduced_precision_fp32``: submodules (dotted names, as ``get_submodule`` reads them) that the
   reduced-precision fast copy runs in fp32 all the same: the layers nearest the input, where bf16's
-  8-bit mantissa rounds the film's own grey levels as coarsely as they are quantised. MobileNet-Lung's
-  stem, stem SE and first block are 3% of a bf16 pass; with them in bf16 the bundled adult model's
-  probabilities moved by up to 0.05 on films it is unsure of (so those films were explained in fp32), in
-  fp32 by under 0.01 on twenty films (docs/benchmarks.md, seventeenth session).
+  8-bit mantissa rounds the film's own grey levels as coarsely as they are quantised. Keeping
+  MobileNet-Lung's stem, stem SE and first block in fp32 costs 2-3% of a bf16 pass; with them in bf16
+  the bundled adult model's probabilities moved by up to 0.05 on films it is unsure of (so those films
+  were explained in fp32), in fp32 by under 0.01 on twenty films (docs/benchmarks.md, seventeenth
+  session).
 - ``gradcam_layer()`` names the module Grad-CAM should hook (``gradcam_layers()``: one per branch).
 - ``arch_name`` / ``arch_args`` are set by :func:`cxrviewer.models.create_model` so a checkpoint can
   rebuild exactly the same network.
