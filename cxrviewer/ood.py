@@ -204,20 +204,26 @@ def header_findings(info: Optional[dict], population: Optional[dict] = None) -> 
     radiograph, is OUTSIDE whatever the image looks like; a lateral view is UNUSUAL. With the model's
     ``population`` (its card's ``{"min_age_years", "max_age_years"}``), a patient age beyond the trained
     range is UNUSUAL, or OUTSIDE when more than ``AGE_MARGIN_YEARS`` beyond it (an adult on a paediatric
-    model). Empty when the header agrees or says nothing (raster files have no header: absence is not
-    evidence)."""
+    model). A film that gives no age (raster files, many secondary captures) to a model that states its
+    population gets an INSIDE finding, a reminder of the trained range that leaves the verdict alone:
+    absence is not evidence, but the image guard cannot tell a child's film from an adult's (the bundled
+    adult model read the paediatric sample film as inside, COVID-19 at 94%), and the reader can. Empty
+    when the header agrees or says nothing else."""
     info = info or {}
     out = []
     age = age_years(info.get("patient_age"))
     lo = (population or {}).get("min_age_years")
     hi = (population or {}).get("max_age_years")
-    if age is not None and (lo is not None or hi is not None):
+    if lo is not None or hi is not None:
         lo_, hi_ = float(lo if lo is not None else 0), float(hi if hi is not None else 200)
-        if age < lo_ or age > hi_:
+        trained = f"ages {lo_:g} to {hi_:g}" if hi is not None else f"ages {lo_:g} and over"
+        if age is None:
+            out.append((INSIDE, f"No patient age on this film: the model was trained on {trained} only."))
+        elif age < lo_ or age > hi_:
             off = max(lo_ - age, age - hi_)
             shown = f"{age:.0f} years" if age >= 2 else f"{age * 12:.0f} months"
             out.append((OUTSIDE if off > AGE_MARGIN_YEARS else UNUSUAL,
-                        f"Patient age {shown}: the model was trained on ages {lo_:g} to {hi_:g}."))
+                        f"Patient age {shown}: the model was trained on {trained}."))
     modality = str(info.get("modality") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         out.append((OUTSIDE, f"Modality {modality}: not a projection radiograph."))

@@ -106,6 +106,19 @@ def test_adult_model_keeps_bf16_on_the_paediatric_films_it_is_unsure_of(monkeypa
     assert p.fast_uses_bf16()
 
 
+def test_adult_model_on_the_paediatric_sample_says_it_was_trained_on_adults():
+    """The sample DICOM gives no age, and the adult model's image guard calls the child's film inside (it
+    reads it COVID-19, confidently): what the reader is told is whom the model was trained on."""
+    from cxrviewer.film import load_film
+    from cxrviewer.inference import Predictor
+
+    p = Predictor.from_checkpoint(MODELS / "mobilenet_lung-adult3.safetensors", "cpu")
+    r = p.predict_film(load_film(SAMPLES / "kermany_normal_IM-0117-0001.dcm"))
+    assert r.ood.evidence == ("No patient age on this film: the model was trained on ages 18 and over only.",)
+    aged = p.predict_film(load_film(SAMPLES / "DX_chest_NIH_nofinding.dcm"))  # 81 years in its header
+    assert aged.ood.evidence == ()
+
+
 def test_default_model_reads_the_sample_films_and_rejects_non_chest_images():
     from cxrviewer.film import load_film
     from cxrviewer.inference import Predictor

@@ -147,6 +147,8 @@ def test_window_opens_the_sample_film_with_the_bundled_default_model(qtbot):
     assert win.model is not None and win.model.key == "mobilenet_lung-kermany3" and win.model.source == "bundled"
     assert win.probs.state == "ready", win.errors
     assert win.probs.pairs[0][0] == "Normal" and not win.probs.outside
+    # the sample (a secondary capture) gives no age; the reader is told whom the model was trained on
+    assert "No patient age on this film" in win.probs.caution and "ages 1 to 5" in win.probs.caution
     assert win.view.overlay is not None, win.heatmap.note.text()  # a heatmap is on the film
 
 

@@ -77,3 +77,20 @@ def test_patient_age_beyond_the_trained_population():
     assert with_header(inside, {"patient_age": "003Y"}, kids) is inside
     assert with_header(inside, {"patient_age": "081Y"}, None) is inside  # no population: no claim
     assert with_header(inside, {"patient_age": "006Y"}, {"min_age_years": 18}).verdict == OUTSIDE
+
+
+def test_a_film_without_an_age_is_reminded_of_the_models_population_without_changing_the_verdict():
+    """The image guard cannot tell a child's film from an adult's; a film without an age in its header (every
+    raster file) read by a model that states its population says whom that model was trained on."""
+    from cxrviewer.ood import UNUSUAL, OodResult, header_evidence, header_findings, with_header
+
+    adults = {"min_age_years": 18}
+    inside = OodResult(0.5, INSIDE, 2.0, 4.0)
+    noted = with_header(inside, {"modality": "SC", "patient_age": ""}, adults)
+    assert noted.verdict == INSIDE and noted.score == inside.score
+    assert noted.evidence == ("No patient age on this film: the model was trained on ages 18 and over only.",)
+    assert header_findings(None, {"min_age_years": 1, "max_age_years": 5}) == [
+        (INSIDE, "No patient age on this film: the model was trained on ages 1 to 5 only.")]
+    assert with_header(OodResult(3.0, UNUSUAL, 2.0, 4.0), {}, adults).verdict == UNUSUAL  # never lowered
+    assert header_evidence({}, None) == [] and header_evidence({}, {}) == []  # no population: no claim
+    assert header_evidence({"patient_age": "040Y"}, adults) == []  # an age in range: nothing to say
