@@ -177,13 +177,32 @@ def data_batch() -> int:
     return 16 if DEVICE.type == "cpu" else 256
 
 
-def lime_data(predict, image, segments, n, seed, batch=None, sampling="independent"):
-    """lime's neighbourhood (same random stream as ``explain_instance`` with ``random_state=seed``)."""
+def lime_data(predict, image, segments, n, seed, batch=None, sampling="independent", known=None):
+    """lime's neighbourhood (same random stream as ``explain_instance`` with ``random_state=seed``).
+
+    ``known``: (data, labels) of an earlier, shorter run with the same seed and sampling. Its rows are the
+    first rows of this one (every sampling draws a longer run as a continuation of a shorter one), so only
+    the rows after them go through the network: a cached study is lengthened without paying again."""
     explainer = _lime_explainer_class()(random_state=seed)
     explainer.sampling = sampling
     fudged = image.copy()
     for s in np.unique(segments):
         fudged[segments == s] = image[segments == s].mean(axis=0)
+    if known is not None:
+        old_data, old_labels = known
+        have, done = len(old_labels), [0]
+
+        def continued(imgs):
+            start, done[0] = done[0], done[0] + len(imgs)
+            if start >= have:
+                return predict(imgs)
+            head = np.asarray(old_labels[start: start + len(imgs)])
+            return head if len(head) == len(imgs) else np.concatenate([head, predict(imgs[len(head):])])
+
+        data, labels = explainer.data_labels(image, fudged, segments, continued, n, batch_size=batch or data_batch())
+        if not np.array_equal(data[:have], old_data[: len(data)]):
+            raise RuntimeError("a cached run is not the start of a longer one with its seed: rebuild the cache")
+        return explainer, data, labels
     data, labels = explainer.data_labels(image, fudged, segments, predict, n, batch_size=batch or data_batch())
     return explainer, data, labels
 
@@ -469,11 +488,31 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
         return None
     size = Path(name).stat().st_size if name.endswith(".safetensors") else ""
     settings = for_model(settings, None)  # an open segmentation is the default one, as keys were written
-    network_side = {k: v for k, v in settings.to_dict().items()  # not the stopping rule: it is simulated
+    # not the stopping rule (it is simulated) nor the most a run draws (a shorter cached run is lengthened)
+    network_side = {k: v for k, v in settings.to_dict().items()
                     if k not in ("settle_from", "settle_every", "settle_margin", "sampling", "coarse_samples",
-                                 "batch_size")}
+                                 "batch_size", "num_samples")}
     ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}" + ("|fast" if DATA_FAST else "")
     return Path(args.cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
+
+
+def cached_run(kind: str, name: str, path, args, settings: LimeSettings) -> tuple:
+    """(where ``--cache`` keeps this film's run, what it holds: {} when nothing). With ``--runs-from-gold
+    G`` a film not yet cached for this ``--gold`` starts from its cache for a ``G``-sample gold, less that
+    gold: the runs are the same draws of the same network, so a larger gold costs only the gold."""
+    cached = cache_file(kind, name, path, args, settings)
+    if cached is None:
+        return None, {}
+    if cached.exists():
+        return cached, dict(np.load(cached))
+    if getattr(args, "runs_from_gold", None):
+        other = cache_file(kind, name, path, argparse.Namespace(**{**vars(args), "gold": args.runs_from_gold}),
+                           settings)
+        if other.exists():
+            run = dict(np.load(other))
+            run.pop("gold", None)
+            return cached, run
+    return cached, {}
 
 
 def model_image(gray, pred, spec) -> tuple:
@@ -505,15 +544,18 @@ def reference_run(name, path, pred, exact, spec, args) -> dict:
     """lime's default for one film, as in :func:`bench_model`: weights of a 1000-sample run and of a
     ``--gold``-sample run (another seed), both on lime's quickshift segmentation; cached like
     :func:`settle_runs`."""
-    cached = cache_file("reference", name, path, args, LIMES)
-    if cached is not None and cached.exists():
-        return dict(np.load(cached))
+    cached, run = cached_run("reference", name, path, args, LIMES)
+    if "gold" in run and "ref" in run:
+        return run
     image, cls = model_image(render(load_film(path)), pred, spec)
     seg = segment(image, LIMES)
-    ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
-    run = {"cls": cls, "seg": seg, "gold": fit_weights(ex, data, labels, cls), "film": film_name(path)}
-    ex, data, labels = lime_data(exact, image, seg, 1000, 0)
-    run["ref"] = fit_weights(ex, data, labels, cls)
+    run.update(cls=cls, seg=seg, film=film_name(path))
+    if "gold" not in run:
+        ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
+        run["gold"] = fit_weights(ex, data, labels, cls)
+    if "ref" not in run:
+        ex, data, labels = lime_data(exact, image, seg, 1000, 0)
+        run["ref"] = fit_weights(ex, data, labels, cls)
     save_cache(cached, run)
     return run
 
@@ -521,9 +563,8 @@ def reference_run(name, path, pred, exact, spec, args) -> dict:
 def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dict:
     """The network's part of a settle study for one film: class, segmentation, gold weights, and the rows
     and outputs of every (sampling, seed) run; read from ``--cache`` when an earlier study kept them."""
-    cached = cache_file("settle", name, path, args, settings)
-    run = dict(np.load(cached)) if cached is not None and cached.exists() else {}
-    before = set(run)
+    cached, run = cached_run("settle", name, path, args, settings)
+    before = set(run) if cached is not None and cached.exists() else set()
     limes = settings.segmentation == "quickshift" and segmentation_fields(settings) == segmentation_fields(LIMES)
     if "gold" not in run:
         image, run["cls"] = model_image(render(load_film(path)), pred, spec)
@@ -544,9 +585,12 @@ def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dic
             run["ref1000"] = fit_weights(ex, data, labels, cls)
     for sampling in samplings:
         for seed in range(args.settle_seeds):
-            if f"data_{sampling}_{seed}" not in run:
-                _, data, labels = lime_data(exact, image, seg, settings.num_samples, seed, sampling=sampling)
-                run[f"data_{sampling}_{seed}"], run[f"labels_{sampling}_{seed}"] = data, labels
+            keys = f"data_{sampling}_{seed}", f"labels_{sampling}_{seed}"
+            if keys[0] not in run or len(run[keys[0]]) < settings.num_samples:  # new, or longer than cached
+                known = (run[keys[0]], run[keys[1]]) if keys[0] in run else None
+                _, data, labels = lime_data(exact, image, seg, settings.num_samples, seed, sampling=sampling,
+                                            known=known)
+                run[keys[0]], run[keys[1]] = data, labels
     if set(run) != before:  # only what the network computed this time is written
         save_cache(cached, run)
     run["cls"] = cls
@@ -575,6 +619,9 @@ def main(argv=None) -> int:
                    help="score --rules on a settle study's --cache DIR alone, without the network (replay_study)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="--settle-study: keep the network's outputs per film here, and reuse them")
+    p.add_argument("--runs-from-gold", type=int, default=None, metavar="G",
+                   help="--settle-study: a film not cached for this --gold reuses its --cache runs for a G-sample "
+                        "gold (only the gold is drawn again)")
     p.add_argument("--speed-only", action="store_true",
                    help="only time ours against lime-1000 (on --ref-films films), no gold: for networks too slow "
                         "for 5000-sample golds on a CPU")
