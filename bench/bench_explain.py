@@ -188,22 +188,22 @@ def lime_data(predict, image, segments, n, seed, batch=None, sampling="independe
     fudged = image.copy()
     for s in np.unique(segments):
         fudged[segments == s] = image[segments == s].mean(axis=0)
+    classify = predict
     if known is not None:
         old_data, old_labels = known
         have, done = len(old_labels), [0]
 
-        def continued(imgs):
+        def continued(imgs):  # the known rows' outputs, the network's for the rest
             start, done[0] = done[0], done[0] + len(imgs)
             if start >= have:
                 return predict(imgs)
             head = np.asarray(old_labels[start: start + len(imgs)])
             return head if len(head) == len(imgs) else np.concatenate([head, predict(imgs[len(head):])])
 
-        data, labels = explainer.data_labels(image, fudged, segments, continued, n, batch_size=batch or data_batch())
-        if not np.array_equal(data[:have], old_data[: len(data)]):
-            raise RuntimeError("a cached run is not the start of a longer one with its seed: rebuild the cache")
-        return explainer, data, labels
-    data, labels = explainer.data_labels(image, fudged, segments, predict, n, batch_size=batch or data_batch())
+        classify = continued
+    data, labels = explainer.data_labels(image, fudged, segments, classify, n, batch_size=batch or data_batch())
+    if known is not None and not np.array_equal(data[:have], old_data[: len(data)]):
+        raise RuntimeError("a cached run is not the start of a longer one with its seed: rebuild the cache")
     return explainer, data, labels
 
 
