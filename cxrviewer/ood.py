@@ -198,6 +198,18 @@ def age_years(text) -> Optional[float]:
     return int(t[:-1]) / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[t[-1]]
 
 
+def trained_ages(population: Optional[dict]) -> Optional[str]:
+    """A model card's population as the reader is told it ("1 to 5", "18 and over", "up to 16"; years),
+    or None when the card states no age: one wording for the card and the panel's caution."""
+    lo = (population or {}).get("min_age_years")
+    hi = (population or {}).get("max_age_years")
+    if lo is None and hi is None:
+        return None
+    if hi is None:
+        return f"{float(lo):g} and over"
+    return f"up to {float(hi):g}" if lo is None else f"{float(lo):g} to {float(hi):g}"
+
+
 def header_findings(info: Optional[dict], population: Optional[dict] = None) -> list:
     """Cheap evidence from a DICOM header that a film is not what a frontal chest-film model expects, as
     ``(verdict, sentence)``: a body part other than the chest, or a modality that is not a projection
@@ -214,9 +226,9 @@ def header_findings(info: Optional[dict], population: Optional[dict] = None) -> 
     age = age_years(info.get("patient_age"))
     lo = (population or {}).get("min_age_years")
     hi = (population or {}).get("max_age_years")
-    if lo is not None or hi is not None:
+    if trained_ages(population):
         lo_, hi_ = float(lo if lo is not None else 0), float(hi if hi is not None else 200)
-        trained = f"ages {lo_:g} to {hi_:g}" if hi is not None else f"ages {lo_:g} and over"
+        trained = f"ages {trained_ages(population)}"
         if age is None:
             out.append((INSIDE, f"No patient age on this film: the model was trained on {trained} only."))
         elif age < lo_ or age > hi_:

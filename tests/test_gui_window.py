@@ -46,7 +46,8 @@ class FakeBackend(Backend):
         if not self.with_model:
             return []
         card = {"version": "2.1", "arch": "mobilenet_lung", "classes": self.CLASSES,
-                "card": {"description": "A test model.", "data": "Synthetic films", "limits": "Not for clinical use"},
+                "card": {"description": "A test model.", "data": "Synthetic films", "limits": "Not for clinical use",
+                         "population": {"min_age_years": 18}},
                 "training": {"metrics": {"accuracy": 0.91, "macro_f1": 0.9}, "epochs": 3}}
         return [ModelChoice("fake", "Fake model", list(self.CLASSES), "bundled", "/x/fake.safetensors",
                             "mobilenet_lung", card)]
@@ -432,7 +433,8 @@ def test_model_card_and_shortcut_sheet(qtbot):
 
     dlg = win.findChild(ModelCardDialog)
     text = dlg.browser.toPlainText()
-    for s in ("Fake model", "Synthetic films", "Not for clinical use", "macro_f1", "Normal, Pneumonia"):
+    for s in ("Fake model", "Synthetic films", "Not for clinical use", "macro_f1", "Normal, Pneumonia",
+              "18 and over (years)"):  # the population in the panel's own words, not "18 to any years"
         assert s in text
     win.show_shortcuts()
     from PySide6.QtWidgets import QTableWidget

@@ -94,3 +94,5 @@ def test_a_film_without_an_age_is_reminded_of_the_models_population_without_chan
     assert with_header(OodResult(3.0, UNUSUAL, 2.0, 4.0), {}, adults).verdict == UNUSUAL  # never lowered
     assert header_evidence({}, None) == [] and header_evidence({}, {}) == []  # no population: no claim
     assert header_evidence({"patient_age": "040Y"}, adults) == []  # an age in range: nothing to say
+    assert header_evidence({}, {"max_age_years": 16}) == [
+        "No patient age on this film: the model was trained on ages up to 16 only."]

@@ -9,6 +9,8 @@ from typing import Optional
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout
 
+from cxrviewer.ood import trained_ages
+
 OPEN_MODEL = "__open_model__"
 NO_MODEL = "__none__"
 
@@ -156,8 +158,8 @@ def card_html(choice) -> str:
     if pre:
         facts.append(("Input", f"{pre.get('input_size', '?')} px, {pre.get('resize', '?')}, preprocessing v{pre.get('version', '?')}"))
     pop = card.get("population") if isinstance(card.get("population"), dict) else {}
-    if pop.get("min_age_years") is not None or pop.get("max_age_years") is not None:
-        facts.append(("Trained on ages", f"{pop.get('min_age_years', 0)} to {pop.get('max_age_years', 'any')} years"))
+    if trained_ages(pop):
+        facts.append(("Trained on ages", f"{trained_ages(pop)} (years)"))
     if meta.get("temperature") not in (None, ""):
         facts.append(("Calibration temperature", meta.get("temperature")))
     out.append("<table>" + "".join(f"<tr><td><b>{esc(k)}</b>&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>" for k, v in facts if v not in (None, "")) + "</table>")
