@@ -278,12 +278,12 @@ def bench_model(name, films, args, settings: LimeSettings) -> dict:
         res["n_seg_ours"].append(int(seg_ours.max()) + 1)
 
         if not args.speed_only:
-            ex, data, labels = lime_data(exact, image, seg_qs, args.gold, GOLD_SEED)
+            ex, data, labels = lime_data(exact, image, seg_qs, args.gold, args.gold_seed)
             gold_qs = fit_weights(ex, data, labels, cls)
             ex, data, labels = lime_data(exact, image, seg_qs, 1000, 0)
             ref = fit_weights(ex, data, labels, cls)
             ref_run = (ex, data, labels)
-            ex, data, labels = lime_data(exact, image, seg_ours, args.gold, GOLD_SEED)
+            ex, data, labels = lime_data(exact, image, seg_ours, args.gold, args.gold_seed)
             gold_ours = fit_weights(ex, data, labels, cls)
             res["j_ref"].append(jaccard(top(ref), top(gold_qs)))
             res["j_ours"].append(jaccard(top(ours.segment_weights), top(gold_ours)))
@@ -329,7 +329,7 @@ def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
     sequential random stream, so the first N rows of a longer run are exactly an N-sample run)."""
     for n_seg in args.tune_segments:
         seg = segment(image, LimeSettings(n_segments=n_seg))
-        ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
+        ex, data, labels = lime_data(exact, image, seg, args.gold, args.gold_seed)
         gold = top(fit_weights(ex, data, labels, cls))
         for sampling in SAMPLINGS:
             ex, data, labels = lime_data(exact, image, seg, max(args.tune_samples), 0, sampling=sampling)
@@ -372,28 +372,38 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
                  "independent gold on the same segmentation")
 
 
-def replay_study(folder, args) -> None:
-    """``--replay DIR``: a settle study's rules scored on what its ``--cache DIR`` kept (every film there,
-    every sampling and seed it holds), without the network: for rules studied on a machine that is gone
-    (a lent GPU's caches come back as tarballs, ``bench/device/settle.sh``). A run stops at the viewer's
+def replay_study(folders, args) -> None:
+    """``--replay DIR[,DIR...]``: a settle study's rules scored on what its ``--cache DIR`` kept (every film
+    there, every sampling and seed it holds), without the network: for rules studied on a machine that is
+    gone (a lent GPU's caches come back as tarballs, ``bench/device/settle.sh``). A run stops at the viewer's
     ``num_samples`` (or ``--samples``) at most: exactly a run of that many, as a longer orthogonal run
-    begins with the same rows."""
-    folder = Path(folder)
-    refs = {str(r["film"]): r for r in (dict(np.load(f)) for f in sorted(folder.glob("reference-*.npz"))) if "film" in r}
-    runs = sorted((dict(np.load(f)) for f in folder.glob("settle-*.npz")), key=lambda r: str(r.get("film", "")))
-    if not runs:
-        raise SystemExit(f"--replay: no settle-*.npz in {folder}")
-    tally = None
-    for run in runs:
-        keys = [k[len("data_"):].rsplit("_", 1) for k in run if k.startswith("data_")]
-        samplings = sorted({k[0] for k in keys}, key=SAMPLINGS.index)
-        seeds = min(sum(1 for k in keys if k[0] == v) for v in samplings)
-        if tally is None:
-            most = min(len(run[f"data_{samplings[0]}_0"]), args.samples or LimeSettings().num_samples)
-            tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], most)
-        film = str(run.get("film", "?"))
-        tally.add_film(film, run, refs.get(film), samplings, seeds, time.perf_counter())
-    tally.report(f"{folder}: {len(runs)} films, Jaccard@5 against each film's gold on the same segmentation")
+    begins with the same rows. Several folders (the same films and runs against golds of other
+    ``--gold-seed``) are scored each on its own and then together: the mean over golds of the mean over
+    films, the expected score against a reference of any seed rather than of one."""
+    folders = [Path(f) for f in str(folders).split(",") if f]
+    together = None
+    for folder in folders:
+        refs = {str(r["film"]): r for r in (dict(np.load(f)) for f in sorted(folder.glob("reference-*.npz")))
+                if "film" in r}
+        runs = sorted((dict(np.load(f)) for f in folder.glob("settle-*.npz")), key=lambda r: str(r.get("film", "")))
+        if not runs:
+            raise SystemExit(f"--replay: no settle-*.npz in {folder}")
+        tally = None
+        for run in runs:
+            keys = [k[len("data_"):].rsplit("_", 1) for k in run if k.startswith("data_")]
+            samplings = sorted({k[0] for k in keys}, key=SAMPLINGS.index)
+            seeds = min(sum(1 for k in keys if k[0] == v) for v in samplings)
+            if tally is None:
+                most = min(len(run[f"data_{samplings[0]}_0"]), args.samples or LimeSettings().num_samples)
+                tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], most)
+                together = together or SettleTally(tally.rules, most)
+            film = str(run.get("film", "?"))
+            tally.add_film(film, run, refs.get(film), samplings, seeds, time.perf_counter())
+        tally.report(f"{folder}: {len(runs)} films, Jaccard@5 against each film's gold on the same segmentation")
+        for key, rows in tally.rows.items():
+            together.rows.setdefault(key, []).extend(rows)
+    if len(folders) > 1:
+        together.report(f"{len(folders)} golds a film ({', '.join(map(str, folders))}): the mean over them")
 
 
 class SettleTally:
@@ -492,21 +502,24 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
     network_side = {k: v for k, v in settings.to_dict().items()
                     if k not in ("settle_from", "settle_every", "settle_margin", "sampling", "coarse_samples",
                                  "batch_size", "num_samples")}
-    ident = f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}" + ("|fast" if DATA_FAST else "")
+    ident = (f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}" + ("|fast" if DATA_FAST else "")
+             + (f"|gold seed {args.gold_seed}" if args.gold_seed != GOLD_SEED else ""))  # keys written before it
     return Path(args.cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 
 def cached_run(kind: str, name: str, path, args, settings: LimeSettings) -> tuple:
     """(where ``--cache`` keeps this film's run, what it holds: {} when nothing). With ``--runs-from-gold
-    G`` a film not yet cached for this ``--gold`` starts from its cache for a ``G``-sample gold, less that
-    gold: the runs are the same draws of the same network, so a larger gold costs only the gold."""
+    G`` a film not yet cached for this ``--gold`` and ``--gold-seed`` starts from its cache for a
+    ``G``-sample gold of the default seed, less that gold: the runs are the same draws of the same network,
+    so a larger gold, or a gold of another seed, costs only the gold."""
     cached = cache_file(kind, name, path, args, settings)
     if cached is None:
         return None, {}
     if cached.exists():
         return cached, dict(np.load(cached))
     if getattr(args, "runs_from_gold", None):
-        other = cache_file(kind, name, path, argparse.Namespace(**{**vars(args), "gold": args.runs_from_gold}),
+        other = cache_file(kind, name, path, argparse.Namespace(**{**vars(args), "gold": args.runs_from_gold,
+                                                            "gold_seed": GOLD_SEED}),
                            settings)
         if other.exists():
             run = dict(np.load(other))
@@ -551,7 +564,7 @@ def reference_run(name, path, pred, exact, spec, args) -> dict:
     seg = segment(image, LIMES)
     run.update(cls=cls, seg=seg, film=film_name(path))
     if "gold" not in run:
-        ex, data, labels = lime_data(exact, image, seg, args.gold, GOLD_SEED)
+        ex, data, labels = lime_data(exact, image, seg, args.gold, args.gold_seed)
         run["gold"] = fit_weights(ex, data, labels, cls)
     if "ref" not in run:
         ex, data, labels = lime_data(exact, image, seg, 1000, 0)
@@ -573,7 +586,7 @@ def settle_runs(name, path, pred, exact, spec, settings, samplings, args) -> dic
             run["seg"], run["gold"] = ref["seg"], ref["gold"]
         else:
             run["seg"] = segment(image, settings)
-            ex, data, labels = lime_data(exact, image, run["seg"], args.gold, GOLD_SEED)
+            ex, data, labels = lime_data(exact, image, run["seg"], args.gold, args.gold_seed)
             run["gold"] = fit_weights(ex, data, labels, run["cls"])
         run["image"], run["film"] = image, film_name(path)
     cls, seg, image = int(run["cls"]), run["seg"], run["image"]
@@ -603,6 +616,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", default=None, help="comma-separated .safetensors files (instead of --models)")
     p.add_argument("--films", type=int, default=None, help="films for faithfulness (default 10; quick 2)")
     p.add_argument("--gold", type=int, default=None, help="samples of the gold reference (default 5000; quick 2000)")
+    p.add_argument("--gold-seed", type=int, default=GOLD_SEED,
+                   help=f"lime's random_state for the gold (default {GOLD_SEED}): a gold of another seed, to "
+                        "see how much one seed's gold decides near-ties by chance (--replay DIR,DIR)")
     p.add_argument("--ref-films", type=int, default=None, help="films the 1000-sample reference is timed on (default 2; quick 1)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tune", action="store_true", help="also sweep superpixel and sample counts")
@@ -615,8 +631,9 @@ def main(argv=None) -> int:
     p.add_argument("--with-reference", action="store_true",
                    help="--settle-study: also lime-1000 (lime's own draws) against the gold, on quickshift as "
                         "lime's default does, and on our segmentation")
-    p.add_argument("--replay", default=None, metavar="DIR",
-                   help="score --rules on a settle study's --cache DIR alone, without the network (replay_study)")
+    p.add_argument("--replay", default=None, metavar="DIR[,DIR...]",
+                   help="score --rules on a settle study's --cache DIR alone, without the network; several "
+                        "folders (golds of other --gold-seed) are also scored together (replay_study)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="--settle-study: keep the network's outputs per film here, and reuse them")
     p.add_argument("--runs-from-gold", type=int, default=None, metavar="G",
