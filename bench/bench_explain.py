@@ -637,8 +637,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="--settle-study: keep the network's outputs per film here, and reuse them")
     p.add_argument("--runs-from-gold", type=int, default=None, metavar="G",
-                   help="--settle-study: a film not cached for this --gold reuses its --cache runs for a G-sample "
-                        "gold (only the gold is drawn again)")
+                   help="--settle-study: a film not cached for this --gold and --gold-seed reuses its --cache runs "
+                        "for a G-sample gold of the default seed (only the gold is drawn again)")
     p.add_argument("--speed-only", action="store_true",
                    help="only time ours against lime-1000 (on --ref-films films), no gold: for networks too slow "
                         "for 5000-sample golds on a CPU")

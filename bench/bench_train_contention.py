@@ -74,7 +74,7 @@ class Trainer:
                "--pretrained", "none", "--progress-jsonl", "--quiet"]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-        self.steps = []  # (monotonic time here, films_per_s)
+        self.steps = []  # (monotonic time here, epoch, step) of each step event
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 

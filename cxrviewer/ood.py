@@ -226,9 +226,10 @@ def header_findings(info: Optional[dict], population: Optional[dict] = None) -> 
     age = age_years(info.get("patient_age"))
     lo = (population or {}).get("min_age_years")
     hi = (population or {}).get("max_age_years")
-    if trained_ages(population):
+    ages = trained_ages(population)
+    if ages:
         lo_, hi_ = float(lo if lo is not None else 0), float(hi if hi is not None else 200)
-        trained = f"ages {trained_ages(population)}"
+        trained = f"ages {ages}"
         if age is None:
             out.append((INSIDE, f"No patient age on this film: the model was trained on {trained} only."))
         elif age < lo_ or age > hi_:

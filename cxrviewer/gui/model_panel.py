@@ -158,8 +158,9 @@ def card_html(choice) -> str:
     if pre:
         facts.append(("Input", f"{pre.get('input_size', '?')} px, {pre.get('resize', '?')}, preprocessing v{pre.get('version', '?')}"))
     pop = card.get("population") if isinstance(card.get("population"), dict) else {}
-    if trained_ages(pop):
-        facts.append(("Trained on ages", f"{trained_ages(pop)} (years)"))
+    ages = trained_ages(pop)
+    if ages:
+        facts.append(("Trained on ages", f"{ages} (years)"))
     if meta.get("temperature") not in (None, ""):
         facts.append(("Calibration temperature", meta.get("temperature")))
     out.append("<table>" + "".join(f"<tr><td><b>{esc(k)}</b>&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>" for k, v in facts if v not in (None, "")) + "</table>")
