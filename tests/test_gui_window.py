@@ -48,6 +48,7 @@ class FakeBackend(Backend):
         card = {"version": "2.1", "arch": "mobilenet_lung", "classes": self.CLASSES,
                 "card": {"description": "A test model.", "data": "Synthetic films", "limits": "Not for clinical use",
                          "population": {"min_age_years": 18}},
+                "temperature": 0.9412348619516187,
                 "training": {"metrics": {"accuracy": 0.91, "macro_f1": 0.9}, "epochs": 3}}
         return [ModelChoice("fake", "Fake model", list(self.CLASSES), "bundled", "/x/fake.safetensors",
                             "mobilenet_lung", card)]
@@ -436,6 +437,7 @@ def test_model_card_and_shortcut_sheet(qtbot):
     for s in ("Fake model", "Synthetic films", "Not for clinical use", "macro_f1", "Normal, Pneumonia",
               "18 and over (years)"):  # the population in the panel's own words, not "18 to any years"
         assert s in text
+    assert "0.941" in text and "0.94123" not in text  # the temperature to three places, as the metrics
     win.show_shortcuts()
     from PySide6.QtWidgets import QTableWidget
 

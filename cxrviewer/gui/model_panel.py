@@ -162,7 +162,7 @@ def card_html(choice) -> str:
     if ages:
         facts.append(("Trained on ages", f"{ages} (years)"))
     if meta.get("temperature") not in (None, ""):
-        facts.append(("Calibration temperature", meta.get("temperature")))
+        facts.append(("Calibration temperature", _num(meta.get("temperature"))))
     out.append("<table>" + "".join(f"<tr><td><b>{esc(k)}</b>&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>" for k, v in facts if v not in (None, "")) + "</table>")
     for title, key in (("Description", "description"), ("Intended use", "intended_use"), ("Training data", "data"),
                        ("Limits", "limits"), ("Licence", "licence")):
