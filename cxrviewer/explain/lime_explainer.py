@@ -87,9 +87,9 @@ class LimeSettings:
     1.75 since the twentieth session: replayed on every network's cached runs and 5000-sample golds it is
     above lime-1000 on all of them (da_covidnet's CPU checkpoint, three golds: 0.974 against 0.967,
     where 1.5 gave 0.963; dpn_se 0.901 against 0.892, where 1.5 gave 0.890; adult3 0.874 and 0.915, the
-    default model 0.956, unchanged or up), for 2-12% more samples (the adult model without bf16: a film 19% longer). 2 also passes on da_covidnet but falls
-    below on adult3 (0.863 against 0.868). The value was chosen on those same golds: no film is held out
-    from the choice. docs/benchmarks.md has the tables.
+    default model 0.956, unchanged or up), for 2-12% more samples (the adult model without bf16: a film
+    19% longer). 2 also passes on da_covidnet but falls below on adult3 (0.863 against 0.868). The value
+    was chosen on those same golds: no film is held out from the choice. docs/benchmarks.md has the tables.
 
     ``segmentation`` None lets the model choose (:func:`for_model`, ``CXRModel.lime_segmentation``): SLIC
     for all but cs_convnext, which asks for quickshift. On SLIC that network's evidence sits in one to
