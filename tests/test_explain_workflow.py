@@ -131,6 +131,7 @@ def test_lime_stops_sampling_once_its_top_superpixels_settle(setup):
     used = settled.settings["samples_used"]
     assert full.settings["samples_used"] == 400 and 96 < used < 400 and (used - 96) % 32 == 0
     assert set(settled.top_segments(5)) == set(full.top_segments(5))
+    assert settled.settings["settled"] is True and full.settings["settled"] is None  # no rule asked
     again = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, batch_size=16))
     assert np.array_equal(again.segment_weights, settled.segment_weights)  # the stop is reproducible too
     agreed = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, settle_every=48, settle_margin=0, batch_size=16))
@@ -248,6 +249,11 @@ def test_explain_cli_end_to_end(tmp_path, capsys):
     assert np.asarray(Image.open(out)).shape == (320, 288, 3)
     assert rep.read_bytes().startswith(b"%PDF") and "Pneumonia-Viral" in pdf_text(rep.read_bytes())
     assert "orthogonal sampling" in pdf_text(rep.read_bytes())
+    assert "not settled" not in captured.out  # 64 samples: the stopping rule (from 96) never asked
+    # 100 samples: one fit at 96, nothing to agree with; the reader is told, and how to do better
+    assert main(["explain", str(film), "--method", "lime", "--model", str(ckpt), "--samples", "100",
+                 "--out", str(tmp_path / "short.png")]) == 0
+    assert "had not settled after 100 samples" in capsys.readouterr().out
     for method in ("attention", "gradcam"):
         o = tmp_path / f"{method}.png"
         assert main(["explain", str(film), "--method", method, "--model", str(ckpt), "--out", str(o),
@@ -261,6 +267,25 @@ def test_explain_cli_end_to_end(tmp_path, capsys):
     assert "(32 samples)" in capsys.readouterr().out
     assert main(["explain", str(film), "--method", "lime", "--model", str(ckpt), "--sampling", "sobol"]) == 2
     assert "sobol" in capsys.readouterr().err
+
+
+def test_lime_says_when_its_top_superpixels_never_settled(setup):
+    """A run that draws every sample it may without its ranking settling says so, on the explanation and
+    on the report: at 100 samples the rule fits once, at 96, and one fit cannot agree with another."""
+    from cxrviewer.explain.lime_explainer import unsettled_note
+    from cxrviewer.explain.report import build_report_figure
+
+    gray, _, pred, _ = setup
+    short = explain_lime(pred, gray, 1, LimeSettings(num_samples=100, batch_size=16))
+    assert short.settings["samples_used"] == 100 and short.settings["settled"] is False
+    note = unsettled_note(short)
+    assert "top 5 superpixels had not settled after 100 samples" in note
+    film_rgb = np.repeat(gray[..., None], 3, axis=2)
+    fig = build_report_figure(film_rgb, film_rgb, short)
+    assert any(note in t.get_text() and "Uncertain" in t.get_text() for t in fig.texts)
+    settled = explain_lime(pred, gray, 1, LimeSettings(num_samples=400, batch_size=16))
+    assert unsettled_note(settled) == ""
+    assert not any("Uncertain" in t.get_text() for t in build_report_figure(film_rgb, film_rgb, settled).texts)
 
 
 def test_paired_sampling_and_reused_segments(setup):

@@ -171,3 +171,26 @@ def test_the_first_lime_finds_its_fast_path_prepared_after_the_reading(qtbot, tm
     _settle(qtbot, win)
     assert win.view.overlay is not None and win.heat[0][2] == "lime", win.heatmap.note.text()
     assert copies == [1]  # the first LIME used the prepared copy
+
+
+def test_lime_tells_the_reader_when_its_ranking_did_not_settle(qtbot, tmp_path, tiny_model):
+    """With the reader's own settings (here 100 samples at most: one fit at 96, nothing for it to agree
+    with) the real LIME runs with them and the note under the heatmap controls says the outlines are
+    uncertain and where to ask for more samples; the defaults then give a map of their own."""
+    from cxrviewer.explain.lime_explainer import LimeSettings
+
+    film = _films(tmp_path, 1)[0]
+    win = show_window(qtbot)
+    win.set_lime_settings(LimeSettings(num_samples=100))
+    win.open_paths([str(film)])
+    _settle(qtbot, win)
+    win.heatmap.set_method("lime")
+    _settle(qtbot, win)
+    expl = win.heat[1]
+    assert expl.method == "lime" and expl.settings["samples_used"] == 100, win.heatmap.note.text()
+    note = win.heatmap.note.text()
+    assert "had not settled after 100 samples" in note and "View > LIME settings" in note
+    win.set_lime_settings(LimeSettings())
+    _settle(qtbot, win)
+    assert win.heat[1] is not expl and win.heat[1].settings["num_samples"] == 400
+    assert ("had not settled" in win.heatmap.note.text()) == (win.heat[1].settings["settled"] is False)

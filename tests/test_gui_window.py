@@ -40,6 +40,7 @@ class FakeBackend(Backend):
         self.with_model = with_model
         self.delays = delays or {}
         self.predicted = []
+        self.explained = []  # (method, LimeSettings or None) per explain call
         self.lock = threading.Lock()
 
     def discover(self):
@@ -72,9 +73,12 @@ class FakeBackend(Backend):
         return PredictionResult(film_key, model_key, list(self.CLASSES), [1 - p, p],
                                 self.CLASSES[int(p > 0.5)], attention=att)
 
-    def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None):
+    def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None,
+                settings=None):
         """Real Explanations of the fake's attention (LIME: its 7×7 cells as superpixels, weighted by it),
         on a 256-pixel preview grid; LIME is slow on purpose, cancels cooperatively and reports a coarse map."""
+        with self.lock:
+            self.explained.append((method, settings))
         h, w = film.shape
         preview = preview_shape(film.shape, 256)
         geo = Geometry((h, w), 224, 224 / h, 224 / w)  # squashed into the model input
@@ -681,3 +685,79 @@ def test_films_left_behind_keep_their_explanations_but_not_their_film_grids(qtbo
     settle(qtbot, win)
     assert win.heat[1] is first  # the cached explanation, not a new computation
     np.testing.assert_array_equal(qimage_to_array(win.view.overlay), shown)
+
+
+def test_lime_settings_dialog_changes_recompute_and_persist(qtbot, tmp_path):
+    """View > LIME settings…: the reader picks quickshift, 800 samples and no early stop; the LIME map on
+    screen is recomputed with exactly those, kept in the settings file, and read back next session. The
+    old map stays cached under the old settings, so restoring the defaults brings it back at once."""
+    import os
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QDialogButtonBox
+
+    from cxrviewer.explain.lime_explainer import LimeSettings
+    from cxrviewer.gui.lime_dialog import LimeSettingsDialog
+
+    backend = FakeBackend()
+    win = make_window(qtbot, backend, persist=True)
+    open_and_wait(qtbot, win, png(tmp_path / "a.png", gradient()))
+    win.heatmap.set_method("lime")
+    settle(qtbot, win)
+    assert backend.explained[-1] == ("lime", LimeSettings())  # the defaults, as benchmarked
+    first = win.heat
+
+    def choose():
+        dialog = QApplication.activeModalWidget()
+        assert isinstance(dialog, LimeSettingsDialog)
+        assert dialog.segments.isEnabled() and dialog.segments.text() == "Model's choice"
+        dialog.segmentation.setCurrentIndex(dialog.segmentation.findData("quickshift"))
+        assert not dialog.segments.isEnabled()  # SLIC's count means nothing to quickshift
+        dialog.samples.setValue(800)
+        dialog.stop_early.setChecked(False)
+        dialog.accept()
+
+    QTimer.singleShot(0, choose)
+    win.open_lime_settings()
+    settle(qtbot, win)
+    method, used = backend.explained[-1]
+    assert method == "lime" and (used.segmentation, used.num_samples, used.settle_from) == ("quickshift", 800, 0)
+    assert win.heat is not first and win.heat[0] != first[0] and win.view.overlay is not None
+    text = (Path(os.environ["CXRVIEWER_SETTINGS_DIR"]) / "cxrviewer.ini").read_text()
+    assert "samples=800" in text and "segmentation=quickshift" in text
+    calls = len(backend.explained)
+
+    def restore():
+        dialog = QApplication.activeModalWidget()
+        dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.RestoreDefaults).click()
+        assert dialog.samples.value() == 400 and dialog.stop_early.isChecked()
+        dialog.accept()
+
+    QTimer.singleShot(0, restore)
+    win.open_lime_settings()
+    settle(qtbot, win)
+    assert len(backend.explained) == calls and win.heat[0] == first[0]  # from the cache, not recomputed
+    win.heatmap.set_method("gradcam")
+    settle(qtbot, win)
+    win.heatmap.set_method("lime")  # back to the cached LIME map: its own note, not Grad-CAM's
+    settle(qtbot, win)
+    assert win.heat[0] == first[0] and win.heatmap.note.text().startswith("LIME for"), win.heatmap.note.text()
+    win.close()
+    win2 = make_window(qtbot, FakeBackend(), persist=True)
+    assert win2.lime_settings == LimeSettings()
+
+
+@pytest.mark.parametrize("written, samples, segmentation, early", [
+    ("samples=abc\nsegmentation=watershed\nstop_early=7", 400, None, 96),
+    ("samples=9\nsegments=60\nstop_early=0", 32, None, 0),
+    ("samples=1e9\nsegmentation=SLIC\nsegments=-4", 5000, "slic", 96),
+])
+def test_hand_edited_lime_settings_read_as_sensible_values(qtbot, written, samples, segmentation, early):
+    import os
+
+    ini = Path(os.environ["CXRVIEWER_SETTINGS_DIR"]) / "cxrviewer.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    ini.write_text("[lime]\n" + written + "\n")
+    s = make_window(qtbot, FakeBackend(), persist=True).lime_settings
+    assert (s.num_samples, s.segmentation, s.settle_from) == (samples, segmentation, early)
+    assert s.n_segments in (None, 60)

@@ -92,7 +92,8 @@ def faults(monkeypatch):
         f.maybe_raise("predict", film_key)
         return real_predict(self, ctx, predictor, film, film_key, model_key)
 
-    def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None):
+    def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None,
+                settings=None):
         f.maybe_raise("explain", prediction.film_key)
         return real_explain(self, ctx, predictor, film, prediction, method, target_class, out_side, cache_key)
 

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         return args
 
     from cxrviewer.explain import Cancelled, NoAttention, explain
-    from cxrviewer.explain.lime_explainer import LimeSettings
+    from cxrviewer.explain.lime_explainer import LimeSettings, unsettled_note
     from cxrviewer.explain.overlay import OverlaySettings, render_overlay, side_by_side
     from cxrviewer.explain.report import save_overlay_png, save_report
     from cxrviewer.explain.types import outline_floor
@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     how = f" ({used} samples)" if args.method == "lime" and used else ""
     print(f"{args.method} for {result.class_name} (p = {prediction.probs[result.class_index]:.3f}) with "
           f"{predictor.display_name} in {took:.1f} s{how} -> {out}{extra}")
+    unsettled = unsettled_note(result)
+    if unsettled:
+        print(f"Note: {unsettled}; a larger --samples may settle them.")
     return 0
 
 

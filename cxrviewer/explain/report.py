@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cxrviewer import DISCLAIMER, __version__
+from cxrviewer.explain.lime_explainer import unsettled_note
 from cxrviewer.explain.types import MATERIAL_FRACTION
 from cxrviewer.probability_text import percent
 
@@ -138,6 +139,9 @@ def build_report_figure(
                      f"({s.get('segmentation')}); red supports the class, blue opposes it; "
                      f"of the {s.get('num_features')} strongest supporting superpixels, those with at least "
                      f"{outline_floor:.0%} of the largest weight are outlined.{fit}")
+        unsettled = unsettled_note(explanation)
+        if unsettled:
+            notes.append(f"Uncertain: {unsettled}.")
     elif explanation.method == "attention" and s.get("description"):
         notes.append(f"Attention: {s['description']}")
     elif explanation.method == "gradcam":

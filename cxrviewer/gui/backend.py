@@ -181,8 +181,9 @@ class Backend:
                                  header_evidence(film.info, predictor.population))
 
     def explain(self, ctx, predictor, film, prediction: PredictionResult, method: str, target_class,
-                out_side: int = 1024, cache_key=None):
-        """An overlay-ready explanation: (Explanation, the shape of its preview grid).
+                out_side: int = 1024, cache_key=None, settings=None):
+        """An overlay-ready explanation: (Explanation, the shape of its preview grid). ``settings``: the
+        reader's LimeSettings for LIME (None: the defaults).
 
         The preview grid has the film's field of view and at most ``out_side`` pixels a side; the overlay
         is drawn on it and stretched over the film, so it looks the same as full resolution and keeps
@@ -202,7 +203,7 @@ class Backend:
                 self._expl_cache = ex.ExplanationCache()
         with self._infer_lock:
             expl = ex.explain(
-                predictor, film, method, class_index=class_index,
+                predictor, film, method, class_index=class_index, settings=settings,
                 progress=lambda f: ctx.report(("progress", float(f))),
                 cancel=lambda: ctx.cancelled, prediction=prediction.raw, cache=self._expl_cache,
                 on_coarse=lambda e: ctx.report(("coarse", cache_key, e, _drawn(e, out_shape))),

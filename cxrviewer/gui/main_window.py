@@ -40,12 +40,14 @@ from PySide6.QtWidgets import (
 )
 
 from cxrviewer import DISCLAIMER, paths
+from cxrviewer.explain.lime_explainer import unsettled_note
 from cxrviewer.film.dicomdir import looks_like_dicomdir
 from cxrviewer.gui import viewmath as vm
 from cxrviewer.gui.backend import Backend, ModelChoice, PredictionResult, is_supported
 from cxrviewer.gui.heatmap_controls import HeatmapControls
 from cxrviewer.gui.image_view import ImageView
 from cxrviewer.gui.jobs import JobRunner
+from cxrviewer.gui.lime_dialog import LimeSettingsDialog, read_lime_settings, write_lime_settings
 from cxrviewer.gui.model_panel import ModelCardDialog, ModelSelector
 from cxrviewer.gui.probability_panel import ProbabilityPanel
 from cxrviewer.gui.settings import NOTICE as SETTINGS_NOTICE, make_settings, read_int
@@ -231,6 +233,7 @@ class MainWindow(QMainWindow):
         self.runner = JobRunner(self, max_threads=2)
         self.settings = make_settings()
         self.persist = persist_settings
+        self.lime_settings = read_lime_settings(self.settings)  # View > LIME settings…
         saved = self.settings.value("device", "", str)
         if saved and not _DEVICE_SETTING.fullmatch(saved.strip().lower()):
             saved = ""  # a damaged or hand-edited value must not make every model load fail
@@ -247,7 +250,7 @@ class MainWindow(QMainWindow):
         self.model_error: Optional[str] = None
         self.prediction: Optional[PredictionResult] = None
         self.predictions: dict = {}  # (model key, path) -> PredictionResult
-        self.heat_cache: dict = {}  # (path, model, method, class) -> (explanation, its preview grid's shape)
+        self.heat_cache: dict = {}  # _heat_key -> (explanation, its preview grid's shape)
         self.heat: Optional[tuple] = None
         self.last_method = "attention"
         self.errors: list = []  # messages shown this session (for tests and --screenshot)
@@ -481,6 +484,7 @@ class MainWindow(QMainWindow):
         self.side_action.toggled.connect(self._side_by_side)
         self.heatmap.side.toggled.connect(self.side_action.setChecked)
         self.side_action.toggled.connect(self.heatmap.side.setChecked)
+        self._act(v, "LIME settings…", self.open_lime_settings)
         v.addSeparator()
         v.addAction(self.worklist_dock.toggleViewAction())
         v.addAction(self.reading_dock.toggleViewAction())
@@ -1056,12 +1060,30 @@ class MainWindow(QMainWindow):
             self.request_heatmap()
 
     def _heat_key(self, request) -> Optional[tuple]:
-        """What a map depends on: film, model, method, class (opacity and colours only restyle it)."""
+        """What a map depends on: film, model, method, class, and LIME's settings for LIME (opacity and
+        colours only restyle it)."""
         if self.prediction is None or self.model is None:
             return None
         classes = self.prediction.classes
         target = request.target_class if request.target_class in classes else self.prediction.top_class
-        return (self.current_path, self.model.key, request.method, target)
+        return (self.current_path, self.model.key, request.method, target,
+                self.lime_settings.key() if request.method == "lime" else ())
+
+    def open_lime_settings(self) -> None:
+        dialog = LimeSettingsDialog(self.lime_settings, self)
+        if dialog.exec() == LimeSettingsDialog.Accepted:
+            self.set_lime_settings(dialog.value())
+
+    def set_lime_settings(self, settings) -> None:
+        """New LIME settings: kept, and the LIME map on screen recomputed with them (maps made with the
+        old ones stay cached under their own key, so going back is instant)."""
+        if settings == self.lime_settings:
+            return
+        self.lime_settings = settings
+        if self.persist:
+            write_lime_settings(self.settings, settings)
+        if self.heatmap.request.method == "lime":
+            self.request_heatmap()
 
     def request_heatmap(self) -> None:
         r = self.heatmap.request
@@ -1072,10 +1094,11 @@ class MainWindow(QMainWindow):
             self.view.set_overlay(None)
             self.heatmap.set_note("")
             return
-        target = r.target_class if r.target_class in self.prediction.classes else self.prediction.top_class
-        key = (self.current_path, self.model.key, r.method, target)
+        key = self._heat_key(r)
+        target = key[3]
         if key in self.heat_cache:
             self.heat = (key,) + self.heat_cache[key]
+            self._show_heat_note(key, self.heat_cache[key])
             self._draw_overlay()
             return
         label = vm.HEATMAP_LABELS[r.method]
@@ -1084,6 +1107,7 @@ class MainWindow(QMainWindow):
         self.heatmap.set_busy(True)
         self.runner.submit("explain", self.backend.explain, self.predictor, film, pred, r.method, target,
                            label=f"{label} map", cache_key=key,
+                           settings=self.lime_settings if r.method == "lime" else None,
                            on_progress=lambda item, lb=label, t=target: self._heat_progress(lb, t, item),
                            on_done=lambda res, k=key, p=path, t=target: self._heat_done(k, p, t, res),
                            on_error=lambda msg, exc, p=path: self._heat_failed(p, msg))
@@ -1102,11 +1126,19 @@ class MainWindow(QMainWindow):
         if path != self.current_path:
             return
         self.heat = (key,) + tuple(result)
-        heat = result[0].film_map(result[1])  # drawn in the worker: kept by the explanation
-        flat = heat.size == 0 or float(np.nanmax(heat) - np.nanmin(heat)) < 1e-9
-        self.heatmap.set_note(f"{vm.HEATMAP_LABELS[key[2]]} for {target}"
-                              + (": flat map, no region changes the model's output" if flat else ""))
+        self._show_heat_note(key, result)
         self._draw_overlay()
+
+    def _show_heat_note(self, key, result) -> None:
+        """What the map on screen is, and what to be wary of in it (fresh or from the cache alike)."""
+        expl, shape = result
+        heat = expl.film_map(shape)  # drawn in the worker: kept by the explanation
+        flat = heat.size == 0 or float(np.nanmax(heat) - np.nanmin(heat)) < 1e-9
+        unsettled = unsettled_note(expl)
+        self.heatmap.set_note(f"{vm.HEATMAP_LABELS[key[2]]} for {key[3]}"
+                              + (": flat map, no region changes the model's output" if flat else "")
+                              + (f": {unsettled}; more samples (View > LIME settings…) may settle them"
+                                 if unsettled else ""))
 
     def _heat_progress(self, label: str, target: str, item) -> None:
         if not (isinstance(item, tuple) and item):
