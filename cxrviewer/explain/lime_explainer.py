@@ -90,9 +90,10 @@ class LimeSettings:
     default model 0.956, unchanged or up), for 2-12% more samples (the adult model without bf16: a film
     19% longer). 2 also passes on da_covidnet but falls below on adult3 (0.863 against 0.868). The value
     was chosen on those same golds. On ten fresh films (twenty-first session) the default model holds,
-    0.989 against 0.901, but adult3 falls short, 0.808 against 0.868 (a lead of 2: 0.830): its ~43
-    superpixels need about a thousand samples there, more than any stopping rule can leave it. Over its
-    thirty films every lead is level (0.866 against 0.868). docs/benchmarks.md has the tables.
+    0.989 against 0.901, and da_covidnet's CPU checkpoint on eight of them, 0.986 against 0.959, but adult3
+    falls short, 0.808 against 0.868 (a lead of 2: 0.830): its ~43 superpixels need about a thousand
+    samples there, more than any stopping rule can leave it. Over its thirty films every lead is level
+    (0.866 against 0.868). docs/benchmarks.md has the tables.
 
     ``segmentation`` None lets the model choose (:func:`for_model`, ``CXRModel.lime_segmentation``): SLIC
     for all but cs_convnext, which asks for quickshift. On SLIC that network's evidence sits in one to
