@@ -95,7 +95,8 @@ def faults(monkeypatch):
     def explain(self, ctx, predictor, film, prediction, method, target_class, out_side=1024, cache_key=None,
                 settings=None):
         f.maybe_raise("explain", prediction.film_key)
-        return real_explain(self, ctx, predictor, film, prediction, method, target_class, out_side, cache_key)
+        return real_explain(self, ctx, predictor, film, prediction, method, target_class, out_side, cache_key,
+                            settings)
 
     monkeypatch.setattr(B, "load_film", load_film)
     monkeypatch.setattr(B, "predict", predict)

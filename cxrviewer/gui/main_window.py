@@ -1109,7 +1109,7 @@ class MainWindow(QMainWindow):
                            label=f"{label} map", cache_key=key,
                            settings=self.lime_settings if r.method == "lime" else None,
                            on_progress=lambda item, lb=label, t=target: self._heat_progress(lb, t, item),
-                           on_done=lambda res, k=key, p=path, t=target: self._heat_done(k, p, t, res),
+                           on_done=lambda res, k=key, p=path: self._heat_done(k, p, res),
                            on_error=lambda msg, exc, p=path: self._heat_failed(p, msg))
 
     def _release_film_grids(self, keep_path: str) -> None:
@@ -1120,7 +1120,7 @@ class MainWindow(QMainWindow):
             if path != keep_path:
                 expl.drop_film_grids()
 
-    def _heat_done(self, key, path, target, result) -> None:
+    def _heat_done(self, key, path, result) -> None:
         self.heatmap.set_busy(False)
         self.heat_cache[key] = result
         if path != self.current_path:
