@@ -40,14 +40,12 @@ from PySide6.QtWidgets import (
 )
 
 from cxrviewer import DISCLAIMER, paths
-from cxrviewer.explain.lime_explainer import unsettled_note
 from cxrviewer.film.dicomdir import looks_like_dicomdir
 from cxrviewer.gui import viewmath as vm
 from cxrviewer.gui.backend import Backend, ModelChoice, PredictionResult, is_supported
 from cxrviewer.gui.heatmap_controls import HeatmapControls
 from cxrviewer.gui.image_view import ImageView
 from cxrviewer.gui.jobs import JobRunner
-from cxrviewer.gui.lime_dialog import LimeSettingsDialog, read_lime_settings, write_lime_settings
 from cxrviewer.gui.model_panel import ModelCardDialog, ModelSelector
 from cxrviewer.gui.probability_panel import ProbabilityPanel
 from cxrviewer.gui.settings import NOTICE as SETTINGS_NOTICE, make_settings, read_int
@@ -233,7 +231,7 @@ class MainWindow(QMainWindow):
         self.runner = JobRunner(self, max_threads=2)
         self.settings = make_settings()
         self.persist = persist_settings
-        self.lime_settings = read_lime_settings(self.settings)  # View > LIME settings…
+        self._lime_settings = None  # see lime_settings
         saved = self.settings.value("device", "", str)
         if saved and not _DEVICE_SETTING.fullmatch(saved.strip().lower()):
             saved = ""  # a damaged or hand-edited value must not make every model load fail
@@ -1069,7 +1067,19 @@ class MainWindow(QMainWindow):
         return (self.current_path, self.model.key, request.method, target,
                 self.lime_settings.key() if request.method == "lime" else ())
 
+    @property
+    def lime_settings(self):
+        """The reader's LIME settings (View > LIME settings…), read from the settings file on first use:
+        they come from the explanation core, which start-up does not import before the window is shown."""
+        if self._lime_settings is None:
+            from cxrviewer.gui.lime_dialog import read_lime_settings
+
+            self._lime_settings = read_lime_settings(self.settings)
+        return self._lime_settings
+
     def open_lime_settings(self) -> None:
+        from cxrviewer.gui.lime_dialog import LimeSettingsDialog
+
         dialog = LimeSettingsDialog(self.lime_settings, self)
         if dialog.exec() == LimeSettingsDialog.Accepted:
             self.set_lime_settings(dialog.value())
@@ -1077,9 +1087,11 @@ class MainWindow(QMainWindow):
     def set_lime_settings(self, settings) -> None:
         """New LIME settings: kept, and the LIME map on screen recomputed with them (maps made with the
         old ones stay cached under their own key, so going back is instant)."""
+        from cxrviewer.gui.lime_dialog import write_lime_settings
+
         if settings == self.lime_settings:
             return
-        self.lime_settings = settings
+        self._lime_settings = settings
         if self.persist:
             write_lime_settings(self.settings, settings)
         if self.heatmap.request.method == "lime":
@@ -1131,6 +1143,8 @@ class MainWindow(QMainWindow):
 
     def _show_heat_note(self, key, result) -> None:
         """What the map on screen is, and what to be wary of in it (fresh or from the cache alike)."""
+        from cxrviewer.explain.lime_explainer import unsettled_note
+
         expl, shape = result
         heat = expl.film_map(shape)  # drawn in the worker: kept by the explanation
         flat = heat.size == 0 or float(np.nanmax(heat) - np.nanmin(heat)) < 1e-9
