@@ -62,9 +62,10 @@ sys.path.insert(0, str(ROOT))
 
 import cxrviewer.inference  # noqa: E402  (--no-bf16 and --bf16-input-side set its switches)
 from cxrviewer.explain import explain_attention, gradcam_film  # noqa: E402
-from cxrviewer.explain.lime_explainer import (SAMPLINGS, SEGMENTATIONS, LimeSettings,  # noqa: E402
+from cxrviewer.explain.lime_explainer import (FITS, SAMPLINGS, SEGMENTATIONS, LimeSettings,  # noqa: E402
                                               _lime_explainer_class, explain_lime, for_model, has_settled,
-                                              lime_fit, segment, top_separation, weight_vector)
+                                              segment, top_separation)
+from cxrviewer.explain.lime_explainer import fit_weights as core_fit_weights  # noqa: E402
 from cxrviewer.explain.overlay import OverlaySettings  # noqa: E402
 from cxrviewer.explain.types import NoAttention, outline_floor, outlined_indices  # noqa: E402
 from cxrviewer.film import load_film  # noqa: E402
@@ -207,11 +208,11 @@ def lime_data(predict, image, segments, n, seed, batch=None, sampling="independe
     return explainer, data, labels
 
 
-def fit_weights(explainer, data, labels, label, n_rows=None):
-    """lime's regression on the first ``n_rows`` samples -> weight per superpixel."""
+def fit_weights(explainer, data, labels, label, n_rows=None, fit="lime"):
+    """A fit (lime's regression by default, as for the golds and references; ``LimeSettings.fit``) on the
+    first ``n_rows`` samples -> weight per superpixel."""
     d = data[:n_rows] if n_rows else data
-    exp, _ = lime_fit(explainer, d, labels[: len(d)], label)
-    return weight_vector(exp, data.shape[1])
+    return core_fit_weights(explainer, d, labels[: len(d)], label, fit)
 
 
 def top(w, k=TOP_K) -> set:
@@ -235,6 +236,13 @@ def jaccard_material(w, gold) -> float:
     any run, lime's included; this asks only about the superpixels that matter, and that a reader sees."""
     a, b = set(outlined_indices(w, TOP_K, floor=MATERIAL)), set(outlined_indices(gold, TOP_K, floor=MATERIAL))
     return jaccard(a, b) if a | b else 1.0
+
+
+def weight_error(w, gold) -> float:
+    """Squared distance of every superpixel's weight from the gold's, as a share of the gold's squared norm:
+    the whole map's error, where Jaccard@5 asks only which five lead (and near-ties there are decided by
+    the gold's own noise as much as by ours)."""
+    return float(np.sum((np.asarray(w) - gold) ** 2) / max(np.sum(np.asarray(gold) ** 2), 1e-30))
 
 
 def best_time(fn, repeats=5) -> float:
@@ -335,7 +343,7 @@ def tune_film(store, image, cls, gold_qs, ref_run, exact, args):
             ex, data, labels = lime_data(exact, image, seg, max(args.tune_samples), 0, sampling=sampling)
             for n in args.tune_samples:
                 store.setdefault((f"slic {sampling}", n_seg, n), []).append(
-                    jaccard(top(fit_weights(ex, data, labels, cls, n)), gold))
+                    jaccard(top(fit_weights(ex, data, labels, cls, n, args.fit)), gold))
     ex, data, labels = ref_run  # lime's default: quickshift, seed 0, 1000 samples
     for n in sorted(set(args.tune_samples) | {1000}):
         if n <= 1000:
@@ -359,7 +367,7 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
     spec, settings = pred.spec, for_model(settings, pred)  # the cache key names the segmentation
     exact = exact_batched(pred, spec)
     samplings = [v for v in args.samplings.split(",") if v]
-    tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], settings.num_samples)
+    tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], settings.num_samples, settings.fit)
     for path in films:
         t0 = time.perf_counter()
         ref = reference_run(name, path, pred, exact, spec, args) if args.with_reference else None
@@ -395,8 +403,8 @@ def replay_study(folders, args) -> None:
             seeds = min(sum(1 for k in keys if k[0] == v) for v in samplings)
             if tally is None:
                 most = min(len(run[f"data_{samplings[0]}_0"]), args.samples or LimeSettings().num_samples)
-                tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], most)
-                together = together or SettleTally(tally.rules, most)
+                tally = SettleTally([parse_rule(r) for r in args.rules.split(",")], most, args.fit)
+                together = together or SettleTally(tally.rules, most, args.fit)
             film = str(run.get("film", "?"))
             tally.add_film(film, run, refs.get(film), samplings, seeds, time.perf_counter())
         tally.report(f"{folder}: {len(runs)} films, Jaccard@5 against each film's gold on the same segmentation")
@@ -410,8 +418,8 @@ class SettleTally:
     """Scores of the stopping rules over a settle study's films, one film's cached runs at a time, and
     the table at the end: one scoring for a study with the network and one replayed from its cache."""
 
-    def __init__(self, rules: list, most: int):
-        self.rules, self.most = rules, most
+    def __init__(self, rules: list, most: int, fit: str):
+        self.rules, self.most, self.fit = rules, most, fit  # fit: how our runs' weights are computed
         self.fixed = sorted({n for n in (48, 96, 144, 192, 288, 400) if n < most} | {most})
         self.refits = set(self.fixed) | {n for f, e, *_ in rules for n in range(f, most + 1, e)}
         self.rows = {}  # (sampling, rule label) -> [(jaccard@5, jaccard outlined, samples)]
@@ -428,7 +436,7 @@ class SettleTally:
 
     def add(self, sampling, rule, ours, gold, n) -> None:
         self.rows.setdefault((sampling, rule), []).append(
-            (jaccard(top(ours), top(gold)), jaccard_material(ours, gold), n))
+            (jaccard(top(ours), top(gold)), jaccard_material(ours, gold), n, weight_error(ours, gold)))
 
     def add_film(self, label, run, ref, samplings, seeds, t0) -> None:
         before = {k: len(v) for k, v in self.rows.items()}
@@ -444,7 +452,7 @@ class SettleTally:
             for seed in range(seeds):
                 data, labels = run[f"data_{sampling}_{seed}"], run[f"labels_{sampling}_{seed}"]
                 ex = _lime_explainer_class()(random_state=seed)
-                weights = {n: fit_weights(ex, data, labels, cls, n) for n in self.refits}
+                weights = {n: fit_weights(ex, data, labels, cls, n, self.fit) for n in self.refits}
                 zs = ({n: top_separation(ex, data[:n], labels[:n], cls, TOP_K) for n in self.refits}
                       if any(r[2] is not None for r in self.rules) else {})
                 stops = {f"fixed {n}": n for n in self.fixed}
@@ -455,16 +463,16 @@ class SettleTally:
                      for (sampling, rule), v in self.rows.items()
                      if not rule.startswith("fixed")}  # the references and the rules, on this film alone
         print(f"  {label}: {run['seg'].max() + 1} superpixels, {time.perf_counter() - t0:.0f} s; "
-              + "; ".join(f"{rule} {j5:.2f} at {n:.0f}" for rule, (j5, _, n) in this_film.items()), flush=True)
+              + "; ".join(f"{rule} {j5:.2f} at {n:.0f}" for rule, (j5, _, n, _) in this_film.items()), flush=True)
 
     def report(self, title: str) -> None:
         print(f"\n{title}")
         print(f"| sampling | rule | mean Jaccard@5 | mean Jaccard, outlined (>= {MATERIAL:g} of the largest weight) "
-              "| mean samples |")
-        print("|---|---|---:|---:|---:|")
+              "| mean samples | weights' squared error (of the gold's) |")
+        print("|---|---|---:|---:|---:|---:|")
         for (sampling, rule), v in self.rows.items():
-            j5, jm, n = np.mean(v, axis=0)
-            print(f"| {sampling} | {rule} | {j5:.2f} | {jm:.2f} | {n:.0f} |")
+            j5, jm, n, err = np.mean(v, axis=0)
+            print(f"| {sampling} | {rule} | {j5:.2f} | {jm:.2f} | {n:.0f} | {err:.3f} |")
 
 
 def parse_rule(text: str) -> tuple:
@@ -498,10 +506,11 @@ def cache_file(kind: str, name: str, path, args, settings: LimeSettings):
         return None
     size = Path(name).stat().st_size if name.endswith(".safetensors") else ""
     settings = for_model(settings, None)  # an open segmentation is the default one, as keys were written
-    # not the stopping rule (it is simulated) nor the most a run draws (a shorter cached run is lengthened)
+    # not the stopping rule (it is simulated), the fit (it is replayed) nor the most a run draws (a shorter
+    # cached run is lengthened)
     network_side = {k: v for k, v in settings.to_dict().items()
                     if k not in ("settle_from", "settle_every", "settle_margin", "sampling", "coarse_samples",
-                                 "batch_size", "num_samples")}
+                                 "batch_size", "num_samples", "fit")}
     ident = (f"{name}|{size}|{path}|{args.gold}|{sorted(network_side.items())}" + ("|fast" if DATA_FAST else "")
              + (f"|gold seed {args.gold_seed}" if args.gold_seed != GOLD_SEED else ""))  # keys written before it
     return Path(args.cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
@@ -646,6 +655,8 @@ def main(argv=None) -> int:
     p.add_argument("--segments", type=int, default=None, help="override our SLIC n_segments")
     p.add_argument("--settle-every", type=int, default=None, help="override our settle_every (the stopping rule)")
     p.add_argument("--settle-margin", type=float, default=None, help="override our settle_margin (see has_settled)")
+    p.add_argument("--fit", choices=FITS, default=LimeSettings().fit,
+                   help="how our runs' weights are computed (LimeSettings.fit); golds and references are lime's own")
     p.add_argument("--segmentation", choices=SEGMENTATIONS, default=None,
                    help="override our segmentation (default: the model's own, see CXRModel.lime_segmentation)")
     p.add_argument("--tune-segments", default="20,30,50", help="SLIC n_segments values --tune sweeps")
@@ -684,7 +695,7 @@ def main(argv=None) -> int:
     args.tune_samples = [int(v) for v in args.tune_samples.split(",")]
     overrides = {k: v for k, v in (("num_samples", args.samples), ("n_segments", args.segments),
                                    ("segmentation", args.segmentation), ("settle_every", args.settle_every),
-                                   ("settle_margin", args.settle_margin)) if v is not None}
+                                   ("settle_margin", args.settle_margin), ("fit", args.fit)) if v is not None}
     settings = LimeSettings(**overrides)
     if args.replay:
         replay_study(args.replay, args)

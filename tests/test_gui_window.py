@@ -688,7 +688,8 @@ def test_films_left_behind_keep_their_explanations_but_not_their_film_grids(qtbo
 
 
 def test_lime_settings_dialog_changes_recompute_and_persist(qtbot, tmp_path):
-    """View > LIME settings…: the reader picks quickshift, 800 samples and no early stop; the LIME map on
+    """View > LIME settings…: the reader picks quickshift, 800 samples, no early stop and lime's regression
+    alone; the LIME map on
     screen is recomputed with exactly those, kept in the settings file, and read back next session. The
     old map stays cached under the old settings, so restoring the defaults brings it back at once."""
     import os
@@ -715,22 +716,26 @@ def test_lime_settings_dialog_changes_recompute_and_persist(qtbot, tmp_path):
         assert not dialog.segments.isEnabled()  # SLIC's count means nothing to quickshift
         dialog.samples.setValue(800)
         dialog.stop_early.setChecked(False)
+        assert dialog.fit.currentData() == "surrogate"
+        dialog.fit.setCurrentIndex(dialog.fit.findData("lime"))
         dialog.accept()
 
     QTimer.singleShot(0, choose)
     win.open_lime_settings()
     settle(qtbot, win)
     method, used = backend.explained[-1]
-    assert method == "lime" and (used.segmentation, used.num_samples, used.settle_from) == ("quickshift", 800, 0)
+    assert method == "lime" and (used.segmentation, used.num_samples, used.settle_from, used.fit) == (
+        "quickshift", 800, 0, "lime")
     assert win.heat is not first and win.heat[0] != first[0] and win.view.overlay is not None
     text = (Path(os.environ["CXRVIEWER_SETTINGS_DIR"]) / "cxrviewer.ini").read_text()
-    assert "samples=800" in text and "segmentation=quickshift" in text
+    assert "samples=800" in text and "segmentation=quickshift" in text and "fit=lime" in text
     calls = len(backend.explained)
 
     def restore():
         dialog = QApplication.activeModalWidget()
         dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.RestoreDefaults).click()
         assert dialog.samples.value() == 400 and dialog.stop_early.isChecked()
+        assert dialog.fit.currentData() == "surrogate"
         dialog.accept()
 
     QTimer.singleShot(0, restore)
@@ -747,17 +752,17 @@ def test_lime_settings_dialog_changes_recompute_and_persist(qtbot, tmp_path):
     assert win2.lime_settings == LimeSettings()
 
 
-@pytest.mark.parametrize("written, samples, segmentation, early", [
-    ("samples=abc\nsegmentation=watershed\nstop_early=7", 400, None, 96),
-    ("samples=9\nsegments=60\nstop_early=0", 32, None, 0),
-    ("samples=1e9\nsegmentation=SLIC\nsegments=-4", 5000, "slic", 96),
+@pytest.mark.parametrize("written, samples, segmentation, early, fit", [
+    ("samples=abc\nsegmentation=watershed\nstop_early=7\nfit=lasso", 400, None, 96, "surrogate"),
+    ("samples=9\nsegments=60\nstop_early=0\nfit=LIME", 32, None, 0, "lime"),
+    ("samples=1e9\nsegmentation=SLIC\nsegments=-4", 5000, "slic", 96, "surrogate"),
 ])
-def test_hand_edited_lime_settings_read_as_sensible_values(qtbot, written, samples, segmentation, early):
+def test_hand_edited_lime_settings_read_as_sensible_values(qtbot, written, samples, segmentation, early, fit):
     import os
 
     ini = Path(os.environ["CXRVIEWER_SETTINGS_DIR"]) / "cxrviewer.ini"
     ini.parent.mkdir(parents=True, exist_ok=True)
     ini.write_text("[lime]\n" + written + "\n")
     s = make_window(qtbot, FakeBackend(), persist=True).lime_settings
-    assert (s.num_samples, s.segmentation, s.settle_from) == (samples, segmentation, early)
+    assert (s.num_samples, s.segmentation, s.settle_from, s.fit) == (samples, segmentation, early, fit)
     assert s.n_segments in (None, 60)

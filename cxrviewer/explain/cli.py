@@ -19,7 +19,7 @@ from cxrviewer.cli_support import USAGE_ERROR, Parser, UsageError, err as _err, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cxrviewer.explain.lime_explainer import SAMPLINGS, SEGMENTATIONS, LimeSettings
+    from cxrviewer.explain.lime_explainer import FITS, SAMPLINGS, SEGMENTATIONS, LimeSettings
     from cxrviewer.explain.overlay import COLORMAPS, OverlaySettings
 
     d, o = LimeSettings(), OverlaySettings()
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampling", choices=SAMPLINGS, default=d.sampling,
                    help="how superpixels are hidden: balanced blocks with complements (default), independent "
                         "draws with complements, or lime's own independent draws")
+    g.add_argument("--fit", choices=FITS, default=d.fit,
+                   help="how the weights come from the samples: lime's regression with a logistic surrogate "
+                        "taking out the network's saturation (default; same result, less noise), or lime's alone")
     g.add_argument("--segmentation", choices=SEGMENTATIONS, default=d.segmentation,
                    help="superpixel method (default: the model's own; SLIC for most, quickshift for cs_convnext)")
     g.add_argument("--segments", type=int, default=d.n_segments,
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
 
     try:
         settings = LimeSettings(segmentation=args.segmentation, n_segments=args.segments, num_samples=args.samples,
-                                num_features=args.features, random_seed=args.seed, sampling=args.sampling,
+                                num_features=args.features, random_seed=args.seed, sampling=args.sampling, fit=args.fit,
                                 **({"settle_from": 0} if args.all_samples else {}))
         overlay_settings = OverlaySettings(colormap=args.colormap, opacity=args.opacity, threshold=args.threshold,
                                            outline_top=args.features)

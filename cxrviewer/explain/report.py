@@ -134,8 +134,10 @@ def build_report_figure(
     s = explanation.settings or {}
     if explanation.method == "lime":
         fit = f" Local fit R\u00b2 = {explanation.score:.2f}." if explanation.score is not None else ""
+        how = ("lime's regression with a logistic surrogate" if s.get("fit") == "surrogate"
+               else "lime's regression alone")
         notes.append(f"LIME: {s.get('samples_used', s.get('num_samples'))} samples ({s.get('sampling', 'independent')} "
-                     f"sampling), {len(explanation.segment_weights)} superpixels "
+                     f"sampling; {how}), {len(explanation.segment_weights)} superpixels "
                      f"({s.get('segmentation')}); red supports the class, blue opposes it; "
                      f"of the {s.get('num_features')} strongest supporting superpixels, those with at least "
                      f"{outline_floor:.0%} of the largest weight are outlined.{fit}")
