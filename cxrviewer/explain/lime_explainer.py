@@ -370,12 +370,12 @@ def kernel_weights(explainer, data: np.ndarray) -> np.ndarray:
 def _weighted_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = 1.0) -> tuple:
     """lime's final regression in closed form (weighted ridge with an intercept, the penalty on the
     coefficients only) -> (intercept, coefficients (p,), A^-1 with A = X^T W X + alpha I on weight-centred
-    rows, the centred rows); ``y`` may hold several columns."""
+    rows, the centred rows)."""
     mean_x = (w @ x) / w.sum()
     mean_y = (w @ y) / w.sum()
     xc = x - mean_x
     a_inv = np.linalg.inv(xc.T @ (w[:, None] * xc) + alpha * np.eye(x.shape[1]))
-    coef = a_inv @ (xc.T @ (w[:, None] * (y - mean_y)) if y.ndim > 1 else xc.T @ (w * (y - mean_y)))
+    coef = a_inv @ (xc.T @ (w * (y - mean_y)))
     return mean_y - mean_x @ coef, coef, a_inv, xc
 
 
