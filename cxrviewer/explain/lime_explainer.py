@@ -322,12 +322,18 @@ def lime_fit(explainer, data: np.ndarray, labels: np.ndarray, label: int) -> tup
     """lime's own weighting and regression (cosine distance to the unperturbed row, its kernel, ridge) on
     the rows so far, as ``explain_instance`` does at the end; -> ([(superpixel, weight)...], R²). For the
     early map and the stopping rule here, and the benchmark's fits on the first N rows of a run."""
+    _, exp, score, _ = explainer.base.explain_instance_with_data(
+        data, labels, _distances(data), label, 100000, feature_selection=explainer.feature_selection)
+    return exp, score
+
+
+def _distances(data: np.ndarray) -> np.ndarray:
+    """lime's distance of each row from the first, the unperturbed film (every superpixel on): cosine, as
+    ``explain_instance`` computes it before its kernel."""
     import sklearn.metrics
 
-    distances = sklearn.metrics.pairwise_distances(data, data[0].reshape(1, -1), metric="cosine").ravel()
-    _, exp, score, _ = explainer.base.explain_instance_with_data(
-        data, labels, distances, label, 100000, feature_selection=explainer.feature_selection)
-    return exp, score
+    data = np.asarray(data, dtype=np.float64)
+    return sklearn.metrics.pairwise_distances(data, data[:1], metric="cosine").ravel()
 
 
 def weight_vector(exp, n_features: int) -> np.ndarray:
@@ -363,12 +369,8 @@ def has_settled(previous: Optional[np.ndarray], weights: np.ndarray, k: int, mar
 
 
 def kernel_weights(explainer, data: np.ndarray) -> np.ndarray:
-    """lime's sample weights: its kernel on each row's cosine distance to the unperturbed one (all on)."""
-    import sklearn.metrics
-
-    ones = np.ones((1, np.asarray(data).shape[1]))
-    distances = sklearn.metrics.pairwise_distances(np.asarray(data, dtype=np.float64), ones, metric="cosine").ravel()
-    return np.asarray(explainer.base.kernel_fn(distances), dtype=np.float64)
+    """lime's sample weights: its kernel on each row's distance from the unperturbed one (:func:`_distances`)."""
+    return np.asarray(explainer.base.kernel_fn(_distances(data)), dtype=np.float64)
 
 
 def _weighted_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = 1.0) -> tuple:
