@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QVBoxLayout)
 
 from cxrviewer.explain.lime_explainer import FITS, SEGMENTATIONS, LimeSettings
-from cxrviewer.gui.settings import read_int
+from cxrviewer.gui.settings import read_choice, read_int
 
 SEGMENTATION_LABELS = {"": "Model's choice", "slic": "SLIC", "quickshift": "Quickshift (lime's own default)",
                        "felzenszwalb": "Felzenszwalb"}
@@ -28,14 +28,12 @@ SEGMENTS_RANGE = (0, 400)  # 0: the model's choice
 
 def read_lime_settings(s) -> LimeSettings:
     """The reader's LIME settings from QSettings ``s``; anything unreadable gives the default."""
-    seg = str(s.value("lime/segmentation", "", str) or "").strip().lower()
     n_segments = read_int(s, "lime/segments", 0, *SEGMENTS_RANGE)
     samples = read_int(s, "lime/samples", LimeSettings().num_samples, *SAMPLES_RANGE)
     stop_early = read_int(s, "lime/stop_early", 1, 0, 1)
-    fit = str(s.value("lime/fit", "", str) or "").strip().lower()
-    return LimeSettings(segmentation=seg if seg in SEGMENTATIONS else None,
+    return LimeSettings(segmentation=read_choice(s, "lime/segmentation", SEGMENTATIONS, None),
                         n_segments=n_segments if n_segments >= 2 else None, num_samples=samples,
-                        fit=fit if fit in FITS else LimeSettings().fit,
+                        fit=read_choice(s, "lime/fit", FITS, LimeSettings().fit),
                         **({} if stop_early else {"settle_from": 0}))
 
 

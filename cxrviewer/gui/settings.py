@@ -46,6 +46,13 @@ def read_int(s: QSettings, key: str, default: int, lo: int, hi: int) -> int:
     return min(hi, max(lo, value))
 
 
+def read_choice(s: QSettings, key: str, choices, default):
+    """One of ``choices`` (lower-case names), read case- and space-insensitively; anything else a person or
+    another version wrote gives ``default``."""
+    value = str(s.value(key, "", str) or "").strip().lower()
+    return value if value in choices else default
+
+
 def _checked(make) -> QSettings:
     s = make()
     path = s.fileName()
