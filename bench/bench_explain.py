@@ -8,6 +8,10 @@
         --settle-study --films 10 --gold 3000           # how to sample, when to stop (LimeSettings)
     python bench/bench_explain.py --checkpoints RUN/best.safetensors --speed-only --ref-films 2
                                                         # speed only, for networks too slow for golds on a CPU
+    python bench/bench_explain.py --replay A,A2 --replay B,B2 --samples 400
+                                                        # a settle study's --cache folders scored again
+                                                        # without the network: two sets of films, each
+                                                        # against golds of two seeds, then both together
 
 **Reference** (issue 4): ``lime_image.LimeImageExplainer().explain_instance(image, predict,
 num_samples=1000)`` with lime's defaults (quickshift kernel 4 / max_dist 200 / ratio 0.2, batch 10,
@@ -382,15 +386,27 @@ def settle_study(name, films, args, settings: LimeSettings) -> None:
                  "independent gold on the same segmentation")
 
 
-def replay_study(folders, args) -> None:
+def replay_study(sets, args) -> None:
     """``--replay DIR[,DIR...]``: a settle study's rules scored on what its ``--cache DIR`` kept (every film
     there, every sampling and seed it holds), without the network: for rules studied on a machine that is
     gone (a lent GPU's caches come back as tarballs, ``bench/device/settle.sh``). A run stops at the viewer's
     ``num_samples`` (or ``--samples``) at most: exactly a run of that many, as a longer orthogonal run
     begins with the same rows. Several folders (the same films and runs against golds of other
     ``--gold-seed``) are scored each on its own and then together: the mean over golds of the mean over
-    films, the expected score against a reference of any seed rather than of one."""
-    folders = [Path(f) for f in str(folders).split(",") if f]
+    films, the expected score against a reference of any seed rather than of one. ``--replay`` given again
+    names another set of films; the sets are then also scored all together, film by film against lime's
+    default (:meth:`SettleTally.paired`), since one set of ten can sit on either side by chance."""
+    pooled = None
+    for folders in sets:
+        together = replay_set([Path(f) for f in str(folders).split(",") if f], args)
+        pooled = pooled or SettleTally(together.rules, together.most, args.fit)
+        pooled.absorb(together)
+    if len(sets) > 1:
+        pooled.report(f"{len(sets)} sets of films together ({'; '.join(sets)})")
+
+
+def replay_set(folders: list, args) -> "SettleTally":
+    """One set of films of :func:`replay_study`, against each of its golds; returns them together."""
     together = None
     for folder in folders:
         refs = {str(r["film"]): r for r in (dict(np.load(f)) for f in sorted(folder.glob("reference-*.npz")))
@@ -410,10 +426,10 @@ def replay_study(folders, args) -> None:
             film = str(run.get("film", "?"))
             tally.add_film(film, run, refs.get(film), samplings, seeds, time.perf_counter())
         tally.report(f"{folder}: {len(runs)} films, Jaccard@5 against each film's gold on the same segmentation")
-        for key, rows in tally.rows.items():
-            together.rows.setdefault(key, []).extend(rows)
+        together.absorb(tally)
     if len(folders) > 1:
         together.report(f"{len(folders)} golds a film ({', '.join(map(str, folders))}): the mean over them")
+    return together
 
 
 class SettleTally:
@@ -425,6 +441,8 @@ class SettleTally:
         self.fixed = sorted({n for n in (48, 96, 144, 192, 288, 400) if n < most} | {most})
         self.refits = set(self.fixed) | {n for f, e, *_ in rules for n in range(f, most + 1, e)}
         self.rows = {}  # (sampling, rule label) -> [(jaccard@5, jaccard outlined, samples)]
+        self.films = {}  # (sampling, rule label) -> the film of each of its rows
+        self.film = "?"  # the film add() is scoring
 
     def stop_at(self, weights, zs, rule) -> int:
         start, every, z_min, alone, margin = rule
@@ -439,9 +457,40 @@ class SettleTally:
     def add(self, sampling, rule, ours, gold, n) -> None:
         self.rows.setdefault((sampling, rule), []).append(
             (jaccard(top(ours), top(gold)), jaccard_material(ours, gold), n, weight_error(ours, gold)))
+        self.films.setdefault((sampling, rule), []).append(self.film)
+
+    def absorb(self, other: "SettleTally") -> None:
+        """Another tally's rows (the same films against another gold, or other films) added to these."""
+        for key, rows in other.rows.items():
+            self.rows.setdefault(key, []).extend(rows)
+            self.films.setdefault(key, []).extend(other.films[key])
+
+    def paired(self, key, reference=("independent", "lime-1000, quickshift"), resamples: int = 10000):
+        """(mean over films of this rule's Jaccard@5 less lime-1000's on the same film, its 95% bootstrap
+        interval over films, films better / level / worse, films), each film's Jaccard the mean of its runs
+        and golds; None without lime-1000's rows. Paired by film because films differ far more from each
+        other (a clear top five, or a near-tie at the fifth place) than the two explainers do on one film."""
+        if reference not in self.rows or key == reference:
+            return None
+        def per_film(k):
+            by = {}
+            for film, row in zip(self.films[k], self.rows[k]):
+                by.setdefault(film, []).append(row[0])
+            return {film: float(np.mean(v)) for film, v in by.items()}
+        ours, ref = per_film(key), per_film(reference)
+        films = sorted(set(ours) & set(ref))
+        if not films:
+            return None
+        d = np.array([ours[f] - ref[f] for f in films])
+        draws = np.random.default_rng(0).integers(0, len(d), (resamples, len(d)))
+        lo, hi = np.percentile(d[draws].mean(axis=1), [2.5, 97.5])
+        level = np.isclose(d, 0.0)
+        counts = int((~level & (d > 0)).sum()), int(level.sum()), int((~level & (d < 0)).sum())
+        return float(d.mean()), (float(lo), float(hi)), counts, len(films)
 
     def add_film(self, label, run, ref, samplings, seeds, t0) -> None:
         before = {k: len(v) for k, v in self.rows.items()}
+        self.film = label
         if ref is not None:  # lime-1000 on quickshift against a gold on quickshift, as bench_model does
             for key in reference_keys(ref):
                 self.add("independent", "lime-1000, quickshift", ref[key], ref["gold"], 1000)
@@ -476,6 +525,13 @@ class SettleTally:
         for (sampling, rule), v in self.rows.items():
             j5, jm, n, err = np.mean(v, axis=0)
             print(f"| {sampling} | {rule} | {j5:.3f} | {jm:.3f} | {n:.0f} | {err:.3f} |")
+        for key in self.rows:
+            against = None if key[1].startswith("fixed") else self.paired(key)
+            if against:
+                diff, (lo, hi), (better, level, worse), films = against
+                print(f"{key[1]} ({key[0]}) less lime-1000 on quickshift, film by film: {diff:+.3f} "
+                      f"(95% bootstrap interval {lo:+.3f} to {hi:+.3f} over {films} films; better on {better}, "
+                      f"level on {level}, worse on {worse})")
 
 
 def parse_rule(text: str) -> tuple:
@@ -670,9 +726,10 @@ def main(argv=None) -> int:
     p.add_argument("--ref-seeds", type=int, default=3,
                    help="--settle-study --with-reference: lime-1000 runs a film (seeds 0, 1...), on quickshift "
                         "and on our segmentation, each scored against the gold as each of ours is")
-    p.add_argument("--replay", default=None, metavar="DIR[,DIR...]",
+    p.add_argument("--replay", action="append", default=None, metavar="DIR[,DIR...]",
                    help="score --rules on a settle study's --cache DIR alone, without the network; several "
-                        "folders (golds of other --gold-seed) are also scored together (replay_study)")
+                        "folders (golds of other --gold-seed) are also scored together; given again, another "
+                        "set of films, and all sets together, film by film against lime-1000 (replay_study)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="--settle-study: keep the network's outputs per film here, and reuse them")
     p.add_argument("--runs-from-gold", type=int, default=None, metavar="G",
