@@ -396,12 +396,11 @@ def replay_study(sets, args) -> None:
     films, the expected score against a reference of any seed rather than of one. ``--replay`` given again
     names another set of films; the sets are then also scored all together, film by film against lime's
     default (:meth:`SettleTally.paired`), since one set of ten can sit on either side by chance."""
-    pooled = None
-    for folders in sets:
-        together = replay_set([Path(f) for f in str(folders).split(",") if f], args)
-        pooled = pooled or SettleTally(together.rules, together.most, args.fit)
-        pooled.absorb(together)
-    if len(sets) > 1:
+    tallies = [replay_set([Path(f) for f in str(folders).split(",") if f], args) for folders in sets]
+    if len(tallies) > 1:
+        pooled = SettleTally(tallies[0].rules, tallies[0].most, args.fit)
+        for tally in tallies:
+            pooled.absorb(tally)
         pooled.report(f"{len(sets)} sets of films together ({'; '.join(sets)})")
 
 
@@ -442,7 +441,6 @@ class SettleTally:
         self.refits = set(self.fixed) | {n for f, e, *_ in rules for n in range(f, most + 1, e)}
         self.rows = {}  # (sampling, rule label) -> [(jaccard@5, jaccard outlined, samples)]
         self.films = {}  # (sampling, rule label) -> the film of each of its rows
-        self.film = "?"  # the film add() is scoring
 
     def stop_at(self, weights, zs, rule) -> int:
         start, every, z_min, alone, margin = rule
@@ -454,10 +452,10 @@ class SettleTally:
                 return b
         return self.most  # never settled: every sample is drawn
 
-    def add(self, sampling, rule, ours, gold, n) -> None:
+    def add(self, film, sampling, rule, ours, gold, n) -> None:
         self.rows.setdefault((sampling, rule), []).append(
             (jaccard(top(ours), top(gold)), jaccard_material(ours, gold), n, weight_error(ours, gold)))
-        self.films.setdefault((sampling, rule), []).append(self.film)
+        self.films.setdefault((sampling, rule), []).append(film)
 
     def absorb(self, other: "SettleTally") -> None:
         """Another tally's rows (the same films against another gold, or other films) added to these."""
@@ -490,16 +488,15 @@ class SettleTally:
 
     def add_film(self, label, run, ref, samplings, seeds, t0) -> None:
         before = {k: len(v) for k, v in self.rows.items()}
-        self.film = label
         if ref is not None:  # lime-1000 on quickshift against a gold on quickshift, as bench_model does
             for key in reference_keys(ref):
-                self.add("independent", "lime-1000, quickshift", ref[key], ref["gold"], 1000)
+                self.add(label, "independent", "lime-1000, quickshift", ref[key], ref["gold"], 1000)
         if run is None:
             print(f"  {label}: reference, {time.perf_counter() - t0:.0f} s", flush=True)
             return
         cls = int(run["cls"])
         for key in reference_keys(run, "ref1000"):
-            self.add("independent", "lime-1000, our segmentation", run[key], run["gold"], 1000)
+            self.add(label, "independent", "lime-1000, our segmentation", run[key], run["gold"], 1000)
         for sampling in samplings:
             for seed in range(seeds):
                 data, labels = run[f"data_{sampling}_{seed}"], run[f"labels_{sampling}_{seed}"]
@@ -510,7 +507,7 @@ class SettleTally:
                 stops = {f"fixed {n}": n for n in self.fixed}
                 stops.update({rule_label(r): self.stop_at(weights, zs, r) for r in self.rules})
                 for rule, n in stops.items():
-                    self.add(sampling, rule, weights[n], run["gold"], n)
+                    self.add(label, sampling, rule, weights[n], run["gold"], n)
         this_film = {rule: np.mean(v[before.get((sampling, rule), 0):], axis=0)
                      for (sampling, rule), v in self.rows.items()
                      if not rule.startswith("fixed")}  # the references and the rules, on this film alone
