@@ -448,15 +448,15 @@ class Predictor:
         bundled adult model's bf16 failed on three of the benchmark's ten films; when the first failure
         made fp32 stick, seven films ran in fp32 instead of three (its LIME 6.4x lime's default instead of
         9.1x; sixteenth session, docs/benchmarks.md).
-        ``with_probs`` -> (that, the exact calibrated probabilities of ``x``): the check's own
-        exact forward, so an explainer told to explain the top class gets the one the reader is shown
-        without a forward of its own."""
+        -> (that, the exact calibrated probabilities of ``x`` or None): the check's own exact forward, so
+        an explainer gets the class and the probability the reader is shown without a forward of its own.
+        ``with_probs`` asks for them even where the fast path runs in fp32 (one exact forward more)."""
         t = self._as_batch(x)
         with self.lock:
             if self._reduced_ok is False:
                 self._reduced_ok = None  # this film's own verdict
             error, exact = self._guarded(lambda dev: self._verify_fast(dev, t, with_probs))
-        return (error, self._calibrated(exact)) if with_probs else error
+        return error, (self._calibrated(exact) if exact is not None else None)
 
     def _verify_fast(self, dev: torch.device, t: torch.Tensor, with_probs: bool):
         run, _ = self._fast_runner(dev, None)

@@ -211,7 +211,7 @@ def test_lime_checks_bf16_on_every_film_and_uses_fp32_on_one_it_fails(monkeypatc
 def test_lime_takes_the_top_class_from_the_exact_check_without_a_forward_of_its_own(monkeypatch, bf16):
     """Told no class, LIME explains the one the reader is shown on top (the exact path's), and learns it
     from the exact forward the bf16 check makes anyway (fp32: one exact forward instead of a fast one):
-    every fast film is one of the samples."""
+    every fast film is one of the samples. The probability it reports is the exact one either way."""
     from cxrviewer import inference
     from cxrviewer.explain import LimeSettings, explain_lime
 
@@ -219,19 +219,23 @@ def test_lime_takes_the_top_class_from_the_exact_check_without_a_forward_of_its_
     m = make_model(TINY, CLASSES3, seed=4, sharpen=6.0)
     pr = Predictor(m, card_defaults(m, CLASSES3, name="t"), "cpu")
     film = chest_like(seed=100)
-    exact_top = int(np.argmax(pr.predict_batch(preprocess_gray(film, pr.spec)[0][None])[0]))
+    exact = pr.predict_batch(preprocess_gray(film, pr.spec)[0][None])[0]
+    exact_top = int(np.argmax(exact))
     fast_rows, exact_calls = [], []
     fast_predict, exact_logits = pr.fast_predict_batch, pr._exact_logits
     monkeypatch.setattr(pr, "fast_predict_batch", lambda x, **kw: fast_rows.append(len(x)) or fast_predict(x, **kw))
     monkeypatch.setattr(pr, "_exact_logits", lambda dev, t: exact_calls.append(len(t)) or exact_logits(dev, t))
     result = explain_lime(pr, film, None, LimeSettings(num_samples=48, settle_from=0))
     assert result.class_index == exact_top
+    assert result.probability == pytest.approx(exact[exact_top], abs=1e-6)  # the reader's, not bf16's
     assert (result.settings["fast_error"] is not None) == bf16
     assert exact_calls == [1]
     assert sum(fast_rows) == result.settings["samples_used"] == 48
     # Told the class, only the bf16 check runs the exact path (in fp32 nothing does)
-    explain_lime(pr, film, (exact_top + 1) % len(CLASSES3), LimeSettings(num_samples=48, settle_from=0))
+    other = (exact_top + 1) % len(CLASSES3)
+    told = explain_lime(pr, film, other, LimeSettings(num_samples=48, settle_from=0))
     assert exact_calls == [1, 1] if bf16 else exact_calls == [1]
+    assert told.probability == pytest.approx(exact[other], abs=1e-6)
 
 
 def test_bf16_path_folds_batch_norm_in_fp32_and_stays_exact_in_fp32():

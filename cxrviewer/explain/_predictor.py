@@ -26,6 +26,11 @@ def card_of(predictor) -> dict:
     return card if isinstance(card, dict) else {}
 
 
+def temperature_of(predictor) -> float:
+    """The card's calibration temperature (1 for a bare model): the probabilities a reader is shown."""
+    return float(card_of(predictor).get("temperature", 1.0))
+
+
 def model_of(predictor):
     model = getattr(predictor, "model", None)
     return model if model is not None else predictor
@@ -105,13 +110,14 @@ def batch_fn_of(predictor, fast: bool = True, batch_size: Optional[int] = None) 
 
 def verify_fast_of(predictor, x: np.ndarray, fast: bool = True, with_probs: bool = False):
     """Have a Predictor check its fast path's reduced precision on this film (``Predictor.verify_fast``)
-    -> (the largest probability difference or None, and with ``with_probs`` the exact path's
-    probabilities of ``x``, else None). Anything but a Predictor, or ``fast`` False, gives (None, None).
-    Ask for the probabilities only when they are used: in fp32 they cost an exact forward of their own."""
+    -> (the largest probability difference or None, the exact path's probabilities of ``x`` where the
+    check computed them: always in bf16, in fp32 only ``with_probs``, else None). Anything but a Predictor,
+    or ``fast`` False, gives (None, None). Ask for them only when they are used: in fp32 they cost an exact
+    forward of their own."""
     verify = getattr(predictor, "verify_fast", None) if fast else None
     if not callable(verify):
         return None, None
-    return verify(x, with_probs=True) if with_probs else (verify(x), None)
+    return verify(x, with_probs=with_probs)
 
 
 def _model_batch_fn(model, device) -> Callable:

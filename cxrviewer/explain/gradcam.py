@@ -47,10 +47,15 @@ def gradcam_maps(model, x, class_index: Optional[int] = None, layer=None) -> tup
     """(cam (h, w) float32 in [0, 1], class index, probabilities (C,)) for one input image.
 
     ``x``: (3, S, S) or (1, 3, S, S), torch or numpy, already normalised (the shared preprocessing).
+    The probabilities are calibrated with a Predictor's temperature, as the reader is shown them (a bare
+    softmax printed 96.4% on a report whose bars read 90.8%).
     """
     import torch
     import torch.nn.functional as F
 
+    from cxrviewer.inference import softmax64
+
+    temperature = P.temperature_of(model)
     model = P.model_of(model)
     device = P.device_of(model)
     if not torch.is_tensor(x):
@@ -112,8 +117,8 @@ def gradcam_maps(model, x, class_index: Optional[int] = None, layer=None) -> tup
     cam = torch.stack(resized).mean(0)
     peak = cam.max()
     cam = cam / peak if peak > 0 else cam
-    probs = torch.softmax(logits.detach().float()[0], dim=0)
-    return cam.cpu().numpy().astype(np.float32), int(class_index), probs.cpu().numpy()
+    probs = softmax64(logits.detach().float()[0].cpu().numpy(), temperature)
+    return cam.cpu().numpy().astype(np.float32), int(class_index), probs
 
 
 def explain_gradcam(model, x, class_index: Optional[int] = None, layer=None, *, geometry=None,

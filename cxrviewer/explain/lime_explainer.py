@@ -630,7 +630,9 @@ def explain_lime(
     check_cancel()
     weights = (weight_vector(lime_exp.local_exp[class_index], int(segments.max()) + 1) if settings.fit == "lime"
                else fit(*explainer.rows))
-    result = build(weights, first_probs[0], coarse=False)
+    # The probability printed beside the map is the exact one the reader is shown, not the first sample's
+    # bf16 one (a report read 90.3% over a bar of 90.8%); in fp32 the first sample is the exact forward.
+    result = build(weights, exact0[0] if exact0 is not None else first_probs[0], coarse=False)
     result.score = float(lime_exp.score)  # R² of lime's own linear fit: how far the map is from the whole story
     result.settings["samples_used"] = int(done[0])
     # None: the stopping rule never asked (off, or the cap comes first); False: it ran out of samples

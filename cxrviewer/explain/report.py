@@ -125,8 +125,10 @@ def build_report_figure(
         colors = ["#c0392b" if n == explanation.class_name else "#7f8c8d" for n in names]
         ax.barh(names, vals, color=colors)
         ax.set_xlim(0, 1)
-        for y, v in enumerate(vals):
-            ax.text(min(v + 0.01, 0.88), y, percent(v), va="center", fontsize=8)
+        for y, v in enumerate(vals):  # past the bar's end; inside it, in white, where no room is left
+            inside = v > 0.88
+            ax.text(v - 0.01 if inside else v + 0.01, y, percent(v), va="center", fontsize=8,
+                    ha="right" if inside else "left", color="white" if inside else "black")
         ax.tick_params(labelsize=8)
         ax.set_title("Class probabilities (exact model output)", fontsize=9)
 
