@@ -75,6 +75,27 @@ def test_folder_gives_csv_and_bad_film_continues(model, films, capsys, tmp_path)
     assert [r[0] for r in written[1:]] == ["film0.png", "film1.png"]
 
 
+def test_a_damaged_dicom_gets_one_line_of_ours_and_no_library_warning(tmp_path):
+    """pydicom warns about a cut-off file ("End of file reached before delimiter ... in file PATH"); run as
+    a reader runs it (a process of its own, so no test harness sets the warning filters), stderr holds
+    our one line and nothing else."""
+    import subprocess
+    import sys
+
+    import dicom_factory as df
+
+    from pydicom.uid import JPEG2000Lossless
+
+    full = df.write(df.compress(df.make_dataset(rows=64, cols=64), JPEG2000Lossless), tmp_path / "full.dcm")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # inside the encapsulated pixel data
+    run = subprocess.run([sys.executable, "-m", "cxrviewer", "predict", str(cut)],  # the bundled default
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        "Cannot open cut.dcm: truncated or corrupt DICOM file (it ends before the image is complete)"], run.stderr
+
+
 def test_no_patient_identifiers_in_output(model, tmp_path, capsys):
     d = tmp_path / "DOE^JOHN 1970-01-01"
     d.mkdir()

@@ -1,10 +1,11 @@
-"""``cxr-train``: fit, evaluate, compare, recipes.
+"""cxr-train: train CXR Viewer's models on local folders, evaluate, compare and publish them.
 
     cxr-train fit DATA --arch mobilenet_lung --recipe seed003 --out RUNDIR [--epochs N] [--set key=value ...]
     cxr-train fit DATA ... --resume --out RUNDIR          continue an interrupted run where it stopped
     torchrun --nproc_per_node 2 -m trainer fit DATA ...   the same run with DistributedDataParallel
     cxr-train evaluate CHECKPOINT DATA --out DIR
     cxr-train compare DATA --archs mobilenet_lung,mobilenetv2,resnet18 --recipe seed003 --out DIR
+    cxr-train publish RUNDIR --card CARD.json --out MODEL.safetensors
     cxr-train recipes [NAME]
 
 DATA is a folder with one subfolder per class, a CSV of path,label[,patient], or a folder holding

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from cxrviewer.film.types import Film, FilmError, TagRow, VoiLut, Window
 
+# pydicom warns about a damaged file with its full path ("End of file reached ... in file /…/DOE^JOHN/…"),
+# whose folders may name the patient where our messages give only the file name. Reading is forgiving on
+# purpose and every refusal has a message of our own (FilmError), so its warnings add nothing for a reader.
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 # Values larger than this are read only when touched: Pixel Data, big LUTs, private blobs.
 _DEFER_SIZE = 16 * 1024
