@@ -440,17 +440,17 @@ class Predictor:
 
     def verify_fast(self, x, with_probs: bool = False):
         """Check reduced precision against the exact path on these inputs now, afresh, and use fp32 until
-        the next check if it fails (see :meth:`_check_reduced`); -> the largest probability difference, or
-        None when the fast path runs in fp32 anyway. :func:`cxrviewer.explain.explain_lime` calls it with
-        every film's unperturbed image before sampling (one exact forward against a hundred or more fast
-        ones): the check on one film cannot speak for a film whose features bf16 rounds differently, in
+        the next check if it fails (see :meth:`_check_reduced`). :func:`cxrviewer.explain.explain_lime`
+        calls it with every film's unperturbed image before sampling (one exact forward against a hundred or
+        more fast ones): the check on one film cannot speak for a film whose features bf16 rounds differently, in
         either direction. Before its input side was kept in fp32 (``CXRModel.reduced_precision_fp32``), the
         bundled adult model's bf16 failed on three of the benchmark's ten films; when the first failure
         made fp32 stick, seven films ran in fp32 instead of three (its LIME 6.4x lime's default instead of
         9.1x; sixteenth session, docs/benchmarks.md).
-        -> (that, the exact calibrated probabilities of ``x`` or None): the check's own exact forward, so
-        an explainer gets the class and the probability the reader is shown without a forward of its own.
-        ``with_probs`` asks for them even where the fast path runs in fp32 (one exact forward more)."""
+        -> (the largest probability difference, or None when the fast path runs in fp32 anyway; the exact
+        calibrated probabilities of ``x``, or None): the check's own exact forward, so an explainer gets the
+        class and the probability the reader is shown without a forward of its own. ``with_probs`` asks for
+        them even where the fast path runs in fp32 (one exact forward more)."""
         t = self._as_batch(x)
         with self.lock:
             if self._reduced_ok is False:
