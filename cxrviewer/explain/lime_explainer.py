@@ -576,6 +576,10 @@ def explain_lime(
     model_name = P.model_name_of(predictor_or_fn) if not _is_plain_fn(predictor_or_fn) else ""
 
     def build(weights, data_labels0, coarse: bool) -> Explanation:
+        # The probability printed beside the map, coarse or final, is the exact one the reader is shown,
+        # not the first sample's bf16 one (a report read 90.3% over a bar of 90.8%); where the check ran no
+        # exact forward (fp32), the first sample is that forward.
+        probs0 = exact0[0] if exact0 is not None else data_labels0
         weights = np.asarray(weights, dtype=np.float32)
         return Explanation(
             method="lime",
@@ -587,7 +591,7 @@ def explain_lime(
             settings=settings.to_dict(),
             segments=segments,
             segment_weights=weights,
-            probability=float(data_labels0[class_index]) if data_labels0 is not None else None,
+            probability=float(probs0[class_index]) if probs0 is not None else None,
             model_name=model_name,
             film_key=key,
             coarse=coarse,
@@ -630,9 +634,7 @@ def explain_lime(
     check_cancel()
     weights = (weight_vector(lime_exp.local_exp[class_index], int(segments.max()) + 1) if settings.fit == "lime"
                else fit(*explainer.rows))
-    # The probability printed beside the map is the exact one the reader is shown, not the first sample's
-    # bf16 one (a report read 90.3% over a bar of 90.8%); in fp32 the first sample is the exact forward.
-    result = build(weights, exact0[0] if exact0 is not None else first_probs[0], coarse=False)
+    result = build(weights, first_probs[0], coarse=False)
     result.score = float(lime_exp.score)  # R² of lime's own linear fit: how far the map is from the whole story
     result.settings["samples_used"] = int(done[0])
     # None: the stopping rule never asked (off, or the cap comes first); False: it ran out of samples
