@@ -592,6 +592,26 @@ def test_worklist_keeps_the_film_name_readable_beside_a_long_reading(qtbot):
     assert view.columnWidth(1) >= view.fontMetrics().horizontalAdvance("59% Bacterial")
 
 
+def test_another_model_clears_the_worklists_readings_and_outside_verdicts(qtbot):
+    """Choosing another model blanks every row's reading until the new model has read it: a film the last
+    model called "outside training data" may be one the new model was trained on."""
+    from cxrviewer.gui.worklist import Worklist
+
+    wl = Worklist()
+    qtbot.addWidget(wl)
+    classes = ["Normal", "Pneumonia"]
+    wl.set_films(["/films/a.png", "/films/hand.png"], title="Folder")
+    wl.set_prediction("/films/a.png", classes, [0.2, 0.8], "Pneumonia")
+    wl.set_prediction("/films/hand.png", classes, [0.9, 0.1], "Normal", ood_verdict="outside")
+    wl.set_sort("suspicion")
+    assert wl.row_texts() == ["a.png   80% Pneumonia", "hand.png   outside training data"]
+    wl.clear_predictions()
+    assert wl.row_texts() == ["a.png", "hand.png"]
+    assert all(r.ood_verdict == "" and r.suspicion is None and r.top_prob is None for r in wl.rows.values())
+    wl.set_prediction("/films/hand.png", classes, [0.3, 0.7], "Pneumonia")
+    assert wl.row_texts() == ["hand.png   70% Pneumonia", "a.png"]
+
+
 def test_model_selector_shows_a_long_model_name_in_full_somewhere(qtbot):
     """The Reading panel elides "MobileNet-Lung, paediatric (Normal / Bacter…": the open list is wide
     enough for every full name, and hovering the closed selector names the current model in full, its

@@ -189,8 +189,10 @@ class Worklist(QWidget):
             self._update_item(row)
 
     def clear_predictions(self) -> None:
+        """Forget the last model's readings (another model was chosen). The guard's verdict is the last
+        model's too: a film one model calls outside its data may be one the next was trained on."""
         for row in self.rows.values():
-            row.top_class, row.top_prob, row.suspicion = "", None, None
+            row.top_class, row.top_short, row.top_prob, row.suspicion, row.ood_verdict = "", "", None, None, ""
         self._rebuild(keep=self.current_path())
 
     def set_sort(self, key: str) -> None:
