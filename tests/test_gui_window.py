@@ -320,6 +320,22 @@ def _bad_inputs(tmp_path):
     return [tmp_path / "empty.png", tmp_path / "truncated.png", tmp_path / "letter.png", nopix]
 
 
+def test_a_film_that_fails_while_the_model_loads_leaves_no_film_to_analyse(qtbot, tmp_path):
+    """The model finished loading after the film had failed: the reading panel said "Loading the model…"
+    for good, as if something were still coming."""
+
+    class SlowModel(FakeBackend):
+        def load_predictor(self, ctx, choice, device_pref):
+            time.sleep(0.5)
+            return super().load_predictor(ctx, choice, device_pref)
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    win = make_window(qtbot, SlowModel())
+    open_and_wait(qtbot, win, tmp_path / "empty.png")
+    assert win.film_error and win.predictor is not None
+    assert (win.probs.state, win.probs.message) == ("idle", "No film to analyse")
+
+
 def test_bad_films_give_one_clear_message_and_the_session_goes_on(qtbot, tmp_path):
     bad = _bad_inputs(tmp_path)
     good = png(tmp_path / "good.png", gradient())
@@ -333,6 +349,8 @@ def test_bad_films_give_one_clear_message_and_the_session_goes_on(qtbot, tmp_pat
         assert Path(p).name in win.windowTitle()
         open_and_wait(qtbot, win, good)
         assert win.film is not None and win.view.gray is not None
+        # the message was about the bad film: above the good one it would read as being about that film
+        assert win.banner.text() == "" and win.errors[-1] == msg
     # in a worklist, the bad rows are marked and the good ones still open
     folder = tmp_path
     win.open_paths([str(folder)])

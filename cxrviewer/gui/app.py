@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME_OR_PATH", help="model to use: an installed model's name or a .safetensors file")
     p.add_argument("--device", metavar="DEV", help="where the model runs: auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--heatmap", choices=("none", "attention", "gradcam", "lime"),
-                   help="heatmap to show (default: last used; with --screenshot and a model: attention)")
+                   help="heatmap to show (default: last used; with --screenshot and a model: the model's "
+                        "first map, its own attention or Grad-CAM)")
     p.add_argument("--screenshot", metavar="OUT.png", help="open the film(s), wait for everything to be computed, "
                    "save the window as PNG and exit (non-zero if a film cannot be opened)")
     p.add_argument("--size", default="1600x1000", metavar="WxH", help="window size for --screenshot (default 1600x1000)")

@@ -66,6 +66,7 @@ class Banner(QFrame):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("banner")
+        self.film: Optional[str] = None
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -82,7 +83,10 @@ class Banner(QFrame):
         self._timer.timeout.connect(self.hide)
         self.hide()
 
-    def show_message(self, text: str, kind: str = "error", timeout_ms: int = 20000) -> None:
+    def show_message(self, text: str, kind: str = "error", timeout_ms: int = 20000,
+                     film: Optional[str] = None) -> None:
+        """``film``: the film the message is about; opening another film dismisses it (see ``leave_film``)."""
+        self.film = film
         self.setProperty("kind", kind)
         self.style().unpolish(self)
         self.style().polish(self)
@@ -93,6 +97,12 @@ class Banner(QFrame):
 
     def text(self) -> str:
         return self.label.text() if self.isVisible() else ""
+
+    def leave_film(self, path: str) -> None:
+        """The reader moved on to ``path``: "Cannot open bomb.png" above the next film in the worklist would
+        read as being about that film. Messages about no film (a model, an export) stay."""
+        if self.film is not None and self.film != path:
+            self.hide()
 
 
 class EmptyState(QWidget):
@@ -678,6 +688,7 @@ class MainWindow(QMainWindow):
         self.heat = None
         self._release_film_grids(path)
         self.film_error = None
+        self.banner.leave_film(path)
         # never show the previous film under the new film's name, even for the moment it takes to load
         self.film = None
         self.view.clear()
@@ -731,7 +742,7 @@ class MainWindow(QMainWindow):
         self.worklist.set_error(path, msg)
         if self.model is not None:
             self.probs.set_idle(self.model.label(), "No film to analyse")
-        self.show_error(msg)
+        self.show_error(msg, film=path)
 
     # ============================================================================== models
     def refresh_models(self, model_arg: Optional[str] = None) -> None:
@@ -861,7 +872,9 @@ class MainWindow(QMainWindow):
             self.show_error("; ".join(str(n) for n in notices), kind="info")
         if self.film is not None:
             self.request_prediction()
-        elif self.film_error is None and self.current_path is None:
+        elif self.film_error is not None:  # the film failed while the model loaded: not "Loading the model…"
+            self.probs.set_idle(self.model.label(), "No film to analyse")
+        elif self.current_path is None:
             self.probs.set_idle(self.model.label())
         self._start_batch()
 
@@ -995,7 +1008,7 @@ class MainWindow(QMainWindow):
         if path != self.current_path:
             return
         self.probs.set_error(f"Analysis failed: {msg}")
-        self.show_error(f"Analysis of {Path(path).name} failed: {msg}")
+        self.show_error(f"Analysis of {Path(path).name} failed: {msg}", film=path)
 
     def _start_batch(self) -> None:
         """Run the model over the whole worklist in the background so rows show their top class."""
@@ -1229,10 +1242,11 @@ class MainWindow(QMainWindow):
         if count == 0:
             self.settled.emit()
 
-    def show_error(self, msg: str, kind: str = "error") -> None:
+    def show_error(self, msg: str, kind: str = "error", film: Optional[str] = None) -> None:
+        """``film``: the message is about that film alone, and goes when the reader opens another."""
         self.errors.append(msg)
         self.statusBar().showMessage(msg, 15000)
-        self.banner.show_message(msg, kind)
+        self.banner.show_message(msg, kind, film=film)
 
     # ============================================================================= dialogs
     def show_tags(self) -> None:
