@@ -468,6 +468,25 @@ def test_model_card_and_shortcut_sheet(qtbot):
     assert any(r[2] == "I" for r in win.shortcut_rows) and any("PgDown" in r[2] for r in win.shortcut_rows)
 
 
+def test_the_model_card_says_when_no_temperature_was_fitted():
+    """A model trained on a small folder keeps T = 1 (trainer.metrics.calibration_temperature): its card says
+    so beside the temperature, so the reader knows its percentages are not calibrated."""
+    import html
+
+    from cxrviewer.gui.model_panel import card_html
+
+    why = "the validation split has 7 films, fewer than the 20 a temperature needs"
+    meta = {"arch": "mobilenet_lung", "classes": ["A", "B"], "temperature": 1.0,
+            "training": {"metrics": {"temperature": 1.0, "temperature_not_fitted": why}}}
+    text = html.unescape(card_html(ModelChoice("small", "Small", ["A", "B"], "user", "/x/small.safetensors",
+                                               "mobilenet_lung", meta)))
+    assert f"1.000 (none fitted: {why}; the percentages are the network's own, often overconfident)" in text
+    assert "temperature_not_fitted" not in text  # said once, in words, not again as a raw key
+    meta["training"]["metrics"].pop("temperature_not_fitted")
+    assert "none fitted" not in card_html(ModelChoice("c", "C", ["A", "B"], "user", "/x/c.safetensors",
+                                                      "mobilenet_lung", meta))
+
+
 def test_tools_menu_opens_the_trainer_dialog(qtbot):
     pytest.importorskip("cxrviewer.gui.train_dialog")
     win = make_window(qtbot)

@@ -60,6 +60,12 @@ def test_fit_learns_and_writes_a_complete_run(full_run, dataset):
     assert card["training"]["precision"] == "fp32"
     report = (res.run_dir / "report.md").read_text()
     assert "Beta/broken.png" in report and "Test split" in report and "Calibration" in report
+    # a handful of validation films calibrates nothing: T stays 1 and the report and the card say why
+    n_val = m["val"]["n"] if "n" in m["val"] else sum(v["support"] for v in m["val"]["per_class"].values())
+    assert n_val < 20 and res.temperature == 1.0
+    why = f"the validation split has {n_val} films, fewer than the 20 a temperature needs"
+    assert m["temperature_not_fitted"] == why and f"**No temperature was fitted**: {why}." in report
+    assert card["training"]["metrics"]["temperature_not_fitted"] == why
     metrics = json.loads((res.run_dir / "metrics.json").read_text())
     assert metrics["test"]["ece_after_temperature"] is not None and len(metrics["history"]) == 4
     kinds = [e["event"] for e in events]

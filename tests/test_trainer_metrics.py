@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from trainer.metrics import (
-    classification_metrics, evaluate_logits, expected_calibration_error, fit_temperature, metric_value, softmax,
+    calibration_temperature, classification_metrics, evaluate_logits, expected_calibration_error, fit_temperature,
+    metric_value, softmax,
 )
 from trainer.progress import Progress, format_eta, parse_line
 
@@ -76,6 +77,25 @@ def test_temperature_recovers_a_known_overconfidence():
     assert m["ece_after_temperature"] < m["ece_before_temperature"] / 2
     assert m["nll_after_temperature"] < m["nll"]
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
+
+
+def test_no_temperature_from_too_few_films_or_a_runaway_fit():
+    """Two validation films fitted T = 142401 (every reading an even split) and a few films all read right
+    fit T near 0 (every reading 100%): neither is calibration, so T stays 1 and the run says why."""
+    assert calibration_temperature(np.array([[3.0, 0.0], [3.0, 0.0]]), np.array([0, 1])) == (
+        1.0, "the validation split has 2 films, fewer than the 20 a temperature needs")
+    same = np.tile([3.0, 0.0], (24, 1))  # logits that say nothing about the label
+    t, why = calibration_temperature(same, np.arange(24) % 2)
+    assert t == 1.0 and why.startswith("the fit ran away to T = ") and "no better than chance" in why
+    assert fit_temperature(same, np.arange(24) % 2) > 20  # what would have been stored
+    t, why = calibration_temperature(same, np.zeros(24, int))
+    assert t == 1.0 and "reads all 24 validation films right" in why
+    # a real validation split is fitted as before
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, (400, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    t, why = calibration_temperature(true_logits * 3.0, y)
+    assert why == "" and t == pytest.approx(fit_temperature(true_logits * 3.0, y)) and 2.0 < t < 4.5
 
 
 def test_selection_metric_direction():

@@ -50,8 +50,8 @@ from torch import nn
 
 from trainer import data as D
 from trainer.augment import Augmenter, sample_generator
-from trainer.metrics import (card_metrics as card_metrics_of, classification_metrics, evaluate_logits, fit_temperature,
-                             metric_value, softmax, summary_row)
+from trainer.metrics import (calibration_temperature, card_metrics as card_metrics_of, classification_metrics,
+                             evaluate_logits, metric_value, softmax, summary_row)
 from trainer.progress import NullProgress, Progress
 from trainer.recipes import Recipe
 from trainer.state import STATE_FILE, StateError, load_state, save_state
@@ -732,7 +732,7 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
     model.eval()
     progress.emit("phase", phase="calibrating", done=0, total=1)
     vlogits, vfeats = predict(model, fs.images, val_ids, normaliser, device, features=True)  # features: OOD below
-    temperature = fit_temperature(vlogits, fs.labels[val_ids])
+    temperature, not_fitted = calibration_temperature(vlogits, fs.labels[val_ids])
     val_metrics = evaluate_logits(vlogits, fs.labels[val_ids], classes, temperature)
     test_metrics = None
     if len(test_ids):
@@ -745,6 +745,7 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         "best_epoch": info["best_epoch"],
         "select_metric": opts.recipe.select_metric,
         "temperature": temperature,
+        "temperature_not_fitted": not_fitted,
         "val": val_metrics,
         "test": test_metrics,
         "history": info["history"],
@@ -752,7 +753,7 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         "skipped": [{"path": p, "reason": why} for p, why in fs.skipped],
     }
     card_metrics = {"val": card_metrics_of(val_metrics), "test": card_metrics_of(test_metrics),
-                    "temperature": temperature}
+                    "temperature": temperature, **({"temperature_not_fitted": not_fitted} if not_fitted else {})}
     card = card_defaults(model, classes, spec, name=card_base["name"], temperature=temperature,
                          training=_card_training(opts, info, fingerprint, card_metrics, device),
                          card={"description": f"{opts.arch} trained with the {opts.recipe.name} recipe on "
@@ -775,7 +776,8 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         f"\nbest epoch {info['best_epoch']} by {opts.recipe.select_metric}; {which}: accuracy {summary['accuracy']:.3f}, "
         f"macro F1 {summary['macro_f1']:.3f}"
         + (f", macro AUC {summary['macro_auc']:.3f}" if summary.get("macro_auc") is not None else "")
-        + f"; ECE {summary['ece_before_temperature']:.3f} -> {summary.get('ece_after_temperature') or 0:.3f} (T={temperature:.2f})"
+        + f"; ECE {summary['ece_before_temperature']:.3f} -> {summary.get('ece_after_temperature') or 0:.3f} (T={temperature:.2f}"
+        + (f": not fitted, {not_fitted}" if not_fitted else "") + ")"
         f"\nmodel: {best_ckpt}\nreport: {report_path}"
     )
     return result

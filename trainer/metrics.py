@@ -91,6 +91,34 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     return t if nll(t) <= nll(1.0) + 1e-12 else 1.0
 
 
+#: The fewest validation films a temperature is fitted on. On fewer, one or two films decide T: two films
+#: fitted T = 142401, which turns every film's reading into an even split; a few films all read right fit
+#: T near 0, which turns every reading into 100%.
+MIN_CALIBRATION_FILMS = 20
+#: A fitted T outside this range is a runaway optimum, not a calibration (the model is no better than
+#: chance on the validation films, T -> infinity, or nearly every film is read right, T -> 0).
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def calibration_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple:
+    """(T, why no temperature was fitted, or ""). Where none is, T is 1: the network's own probabilities,
+    said so in the report, rather than a temperature that would make every reading 50% or 100%."""
+    n = len(labels)
+    if n < MIN_CALIBRATION_FILMS:
+        return 1.0, (f"the validation split has {n} film{'' if n == 1 else 's'}, fewer than the "
+                     f"{MIN_CALIBRATION_FILMS} a temperature needs")
+    if np.array_equal(np.asarray(logits).argmax(axis=1), np.asarray(labels)):
+        # the NLL then falls all the way to T -> 0: the optimiser stops anywhere, and every reading says 100%
+        return 1.0, (f"the model reads all {n} validation films right, so no temperature fits them (the fit "
+                     "would shrink T towards 0 and read every film as 100%)")
+    t = fit_temperature(logits, labels)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= t <= hi:
+        return 1.0, f"the fit ran away to T = {t:.3g}, outside {lo:g} to {hi:g}" + (
+            " (the model is no better than chance on the validation films)" if t > hi else "")
+    return t, ""
+
+
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     p = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), np.asarray(labels)]
     return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0)))) if len(labels) else float("nan")

@@ -170,14 +170,19 @@ def write_run_report(run_dir: Path, opts, fs, split_json: dict, metrics: dict, c
     else:
         lines += ["There is no test split: the numbers below are on the validation split, which also chose the "
                   "checkpoint and the temperature, so they are optimistic.", ""]
-    lines += _results_md(metrics["val"], "Validation split (chose the checkpoint and fitted the temperature)")
+    not_fitted = metrics.get("temperature_not_fitted")
+    lines += _results_md(metrics["val"], "Validation split (chose the checkpoint"
+                         + ("" if not_fitted else " and fitted the temperature") + ")")
     if metrics["val"].get("n"):
         lines += ["![ROC curves, validation](plots/val_roc.png) ![confusion matrix, validation](plots/val_confusion.png)",
                   "", "![reliability, validation](plots/val_reliability.png)", ""]
-    lines += ["## Calibration", "",
-              f"Temperature scaling fitted on the validation split: T = {metrics['temperature']:.4f}, stored in the "
-              "checkpoint; the viewer divides the logits by T before the softmax. It changes confidences, not "
-              "which class is predicted.", ""]
+    lines += ["## Calibration", ""]
+    lines += ([f"**No temperature was fitted**: {not_fitted}. The checkpoint stores T = 1, so the viewer shows the "
+               "network's own probabilities, which are often overconfident: read them as a ranking of the classes, "
+               "not as calibrated chances. Validate on more films to calibrate.", ""] if not_fitted else
+              [f"Temperature scaling fitted on the validation split: T = {metrics['temperature']:.4f}, stored in the "
+               "checkpoint; the viewer divides the logits by T before the softmax. It changes confidences, not "
+               "which class is predicted.", ""])
     lines += ["## Out-of-distribution statistics", "",
               "Stored in the checkpoint." if card.get("ood") else "Not stored (no OOD module available at training time).", ""]
     cmd_file = run_dir / "command.txt"

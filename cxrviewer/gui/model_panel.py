@@ -129,7 +129,8 @@ def _metrics_html(metrics: dict, classes: list) -> str:
     for key, title in (("test", "Held-out test split"), ("val", "Validation split")):
         if isinstance(metrics.get(key), dict):
             out.append(_split_html(title, metrics[key], classes))
-    rest = {k: v for k, v in metrics.items() if k not in ("test", "val") and v not in (None, "", [], {})}
+    rest = {k: v for k, v in metrics.items()
+            if k not in ("test", "val", "temperature_not_fitted") and v not in (None, "", [], {})}  # that one: facts
     if rest:
         out.append("<table>")
         for k, v in rest.items():
@@ -162,7 +163,10 @@ def card_html(choice) -> str:
     if ages:
         facts.append(("Trained on ages", f"{ages} (years)"))
     if meta.get("temperature") not in (None, ""):
-        facts.append(("Calibration temperature", _num(meta.get("temperature"))))
+        why_not = (training.get("metrics") or {}).get("temperature_not_fitted")
+        facts.append(("Calibration temperature", _num(meta.get("temperature"))
+                      + (f" (none fitted: {why_not}; the percentages are the network's own, often overconfident)"
+                         if why_not else "")))
     out.append("<table>" + "".join(f"<tr><td><b>{esc(k)}</b>&nbsp;&nbsp;</td><td>{esc(v)}</td></tr>" for k, v in facts if v not in (None, "")) + "</table>")
     for title, key in (("Description", "description"), ("Intended use", "intended_use"), ("Training data", "data"),
                        ("Limits", "limits"), ("Licence", "licence")):
