@@ -64,7 +64,9 @@ def fit_ood_stats(train_features, train_labels, val_features, val_labels=None, c
     d = X.shape[1]
     mean = X.mean(0)
     Xc = X - mean
-    k = int(min(n_components, d, len(X) - 1))
+    # at least two films per dimension for the within-class covariance: with k = n - 1 (twenty films fitted
+    # k = 19) it is singular but for the ridge below, and a new film scored in the millions where 1 is typical
+    k = int(max(1, min(n_components, d, (len(X) - len(np.unique(y))) // 2)))
     # principal axes from the SVD of the centred training features
     _, s, vt = np.linalg.svd(Xc, full_matrices=False)
     P = vt[:k]  # (k, d)

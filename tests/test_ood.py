@@ -33,6 +33,22 @@ def test_scores_separate_shifted_features_and_survive_json():
     assert len(json.dumps(stats)) < 200_000  # fits in a checkpoint header
 
 
+def test_a_guard_from_a_small_training_folder_scores_on_the_usual_scale():
+    """Twenty training films once fitted 19 components to 20 points: the covariance was singular but for its
+    ridge and a film of the training distribution scored in the millions ("score 4386853.1, typical below
+    4341537.7" on the reading panel). Two films a dimension keep 1 typical."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 1280))
+    X, y = _features(rng, 20, centres)
+    V, vy = _features(rng, 4, centres)
+    stats = fit_ood_stats(X, y, V, vy)
+    assert stats["n_components"] == 9
+    g = OodGuard(stats)
+    assert 0.3 < float(np.median(g.scores(_features(rng, 50, centres)[0]))) < 5
+    assert stats["thresholds"]["outside"] < 10
+    assert all(g.assess(v).verdict == OUTSIDE for v in _features(rng, 10, rng.normal(size=(2, 1280)))[0])
+
+
 def test_bad_descriptions_are_ignored_not_fatal():
     assert OodGuard.from_card({}) is None
     assert OodGuard.from_card({"ood": {"method": "something-else"}}) is None

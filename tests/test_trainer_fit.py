@@ -104,6 +104,24 @@ def test_bf16_training_on_the_cpu_learns_and_is_recorded(dataset, tmp_path, monk
     assert card["training"]["precision"] == "bf16 autocast"
 
 
+def test_a_guard_that_cannot_be_fitted_is_reported_with_its_reason(tmp_path, monkeypatch, one_thread):
+    """The run still ends with a model; its report says why it has no out-of-distribution guard (it used to
+    blame a missing module whatever the reason)."""
+    import cxrviewer.ood
+
+    def refuse(**_kw):
+        raise ValueError("need at least 4 training and 2 validation feature vectors")
+
+    monkeypatch.setattr(cxrviewer.ood, "fit_ood_stats", refuse)
+    data = make_dataset(tmp_path / "data", per_class=4, dicom=False, corrupt=False, films_per_patient=1)
+    recipe = apply_overrides(RECIPE, {"epochs": 1, "augment": ()})
+    res = fit(FitOptions(data=data, out=tmp_path / "run", recipe=recipe, arch="mobilenet_lung", seed=1,
+                         pretrained="none", amp=False), Progress.from_target(None, quiet=True))
+    assert res.checkpoint.is_file() and res.metrics["ood_not_stored"].startswith("need at least 4 training")
+    assert ("Not stored (need at least 4 training and 2 validation feature vectors): the viewer cannot tell "
+            "when a film is unlike this model's training films.") in (res.run_dir / "report.md").read_text()
+
+
 def test_resume_after_interruption_equals_uninterrupted(full_run, dataset, tmp_path, one_thread):
     from safetensors.torch import load_file
 

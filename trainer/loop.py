@@ -698,22 +698,23 @@ def ood_sample(train_ids: np.ndarray, labels: np.ndarray, seed: int, cap: int = 
     return np.sort(np.concatenate(keep))
 
 
-def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_features, seed) -> Optional[dict]:
+def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_features, seed) -> tuple:
     """Issue 9's hook: ``cxrviewer.ood.fit_ood_stats(train_features=, train_labels=, val_features=,
     val_labels=, classes=) -> dict`` (JSON), given the pooled features of the un-augmented films.
-    ``val_features``: computed with the calibration logits, so the validation films are run once."""
+    ``val_features``: computed with the calibration logits, so the validation films are run once.
+    -> (the statistics or None, why there are none, for the report)."""
     try:
         from cxrviewer.ood import fit_ood_stats
     except ImportError:
-        return None
+        return None, "no OOD module available at training time"
     ids = ood_sample(train_ids, fs.labels[train_ids], seed)
     _, tf = predict(model, fs.images, ids, normaliser, device, features=True)
     try:
         return fit_ood_stats(train_features=tf, train_labels=fs.labels[ids], val_features=val_features,
-                             val_labels=fs.labels[val_ids], classes=list(fs.classes))
+                             val_labels=fs.labels[val_ids], classes=list(fs.classes)), ""
     except Exception as e:  # the guard is an extra: its failure must not lose a finished training run
         progress.emit("warning", message=f"out-of-distribution statistics not stored: {e}")
-        return None
+        return None, str(e)
 
 
 def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress, run_dir, best_ckpt, last_ckpt,
@@ -739,13 +740,14 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
         progress.emit("phase", phase="testing", done=0, total=1)
         tlogits, _ = predict(model, fs.images, test_ids, normaliser, device)
         test_metrics = evaluate_logits(tlogits, fs.labels[test_ids], classes, temperature)
-    ood = _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, vfeats, opts.seed)
+    ood, ood_not_stored = _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, vfeats, opts.seed)
     metrics = {
         "classes": classes,
         "best_epoch": info["best_epoch"],
         "select_metric": opts.recipe.select_metric,
         "temperature": temperature,
         "temperature_not_fitted": not_fitted,
+        "ood_not_stored": ood_not_stored,
         "val": val_metrics,
         "test": test_metrics,
         "history": info["history"],

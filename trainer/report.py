@@ -184,7 +184,9 @@ def write_run_report(run_dir: Path, opts, fs, split_json: dict, metrics: dict, c
                "checkpoint; the viewer divides the logits by T before the softmax. It changes confidences, not "
                "which class is predicted.", ""])
     lines += ["## Out-of-distribution statistics", "",
-              "Stored in the checkpoint." if card.get("ood") else "Not stored (no OOD module available at training time).", ""]
+              "Stored in the checkpoint." if card.get("ood") else
+              f"Not stored ({metrics.get('ood_not_stored') or 'no OOD module available at training time'}): the "
+              "viewer cannot tell when a film is unlike this model's training films.", ""]
     cmd_file = run_dir / "command.txt"
     command = cmd_file.read_text().strip() if cmd_file.is_file() else (opts.command or "(called from Python)")
     lines += ["## Reproduce", "", "```", command, "```", "",
