@@ -277,6 +277,19 @@ def test_explain_cli_end_to_end(tmp_path, capsys):
     assert "lasso" in capsys.readouterr().err
     assert main(["explain", str(film), "--method", "lime", "--model", str(ckpt), "--sampling", "sobol"]) == 2
     assert "sobol" in capsys.readouterr().err
+    # a PNG is not written under a name that says it is something else; a bare name gets its extension
+    for flag, name in (("--out", "overlay.txt"), ("--report", "report.docx")):
+        args = ["--out", str(tmp_path / "x.png")] if flag == "--report" else []
+        assert main(["explain", str(film), "--method", "gradcam", "--model", str(ckpt), flag, str(tmp_path / name),
+                     *args]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot save {name}" in err and not (tmp_path / name).exists() and not (tmp_path / "x.png").exists()
+    assert "must end in .pdf or .png" in err
+    assert main(["explain", str(film), "--method", "gradcam", "--model", str(ckpt), "--out", str(tmp_path / "bare"),
+                 "--report", str(tmp_path / "bare-report")]) == 0
+    assert f"-> {tmp_path / 'bare.png'} and {tmp_path / 'bare-report.pdf'}" in capsys.readouterr().out
+    assert (tmp_path / "bare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "bare-report.pdf").read_bytes().startswith(b"%PDF") and not (tmp_path / "bare").exists()
 
 
 def test_lime_says_when_its_top_superpixels_never_settled(setup):

@@ -717,6 +717,50 @@ def test_the_screen_shows_exactly_what_the_overlay_export_saves(qtbot, tmp_path,
     np.testing.assert_array_equal(composite(win.view.gray, screen), saved)
 
 
+def test_exports_get_their_extension_and_refuse_another(qtbot, tmp_path, monkeypatch):
+    """Save dialogs on some desktops return just the name typed: "overlay" is saved as overlay.png; a name
+    ending in another extension (a PNG as "report.docx") is refused with a message, and nothing is written."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from cxrviewer.gui import main_window as mw
+
+    win = make_window(qtbot, FakeBackend())
+    open_and_wait(qtbot, win, png(tmp_path / "f.png", gradient(90, 60)))
+    win.heatmap.set_method("attention")
+    settle(qtbot, win)
+    chosen = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(chosen[-1]), ""))
+    chosen.append(tmp_path / "overlay")
+    win.export_overlay_dialog()
+    settle(qtbot, win)
+    assert (tmp_path / "overlay.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "overlay").exists()
+    assert win.errors[-1] == "Saved overlay.png"
+    chosen.append(tmp_path / "view.txt")
+    win.save_view_dialog()
+    assert not (tmp_path / "view.txt").exists()
+    assert win.errors[-1] == "Export failed: cannot save view.txt: this export is PNG, so its name must end in .png"
+
+    class Accept:
+        def __init__(self, path, parent):
+            self.include_ids = type("Box", (), {"isChecked": lambda self: False})()
+
+        def exec(self):
+            return mw.QDialog.Accepted
+
+        def path(self):
+            return str(chosen[-1])
+
+    monkeypatch.setattr(mw, "ReportDialog", Accept)
+    chosen.append(tmp_path / "report.docx")
+    win.export_report_dialog()
+    settle(qtbot, win)
+    assert not (tmp_path / "report.docx").exists() and "must end in .pdf or .png" in win.errors[-1]
+    chosen.append(tmp_path / "report")
+    win.export_report_dialog()
+    settle(qtbot, win)
+    assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF") and win.errors[-1] == "Saved report.pdf"
+
+
 def heatmap_top(colormap):
     from cxrviewer.explain.overlay import heatmap_rgba
 

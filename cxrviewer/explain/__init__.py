@@ -26,6 +26,7 @@ def __getattr__(name):  # heavy modules (torch, lime, matplotlib) load on first 
         "COLORMAPS": "cxrviewer.explain.overlay",
         "save_overlay_png": "cxrviewer.explain.report",
         "save_report": "cxrviewer.explain.report",
+        "export_path": "cxrviewer.explain.report",
     }
     if name in lazy:
         import importlib
@@ -97,5 +98,5 @@ def explain(
 __all__ = [
     "METHODS", "Cancelled", "Explanation", "ExplanationCache", "NoAttention", "cache_key", "explain", "film_key",
     "LimeSettings", "explain_lime", "explain_gradcam", "gradcam_film", "explain_attention", "OverlaySettings",
-    "render_overlay", "side_by_side", "COLORMAPS", "save_overlay_png", "save_report",
+    "render_overlay", "side_by_side", "COLORMAPS", "save_overlay_png", "save_report", "export_path",
 ]

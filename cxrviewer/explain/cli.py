@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     from cxrviewer.explain import Cancelled, NoAttention, explain
     from cxrviewer.explain.lime_explainer import LimeSettings, unsettled_note
     from cxrviewer.explain.overlay import OverlaySettings, render_overlay, side_by_side
-    from cxrviewer.explain.report import save_overlay_png, save_report
+    from cxrviewer.explain.report import REPORT_SUFFIXES, export_path, save_overlay_png, save_report
     from cxrviewer.explain.types import outline_floor
     from cxrviewer.film import FilmError, load_film
     from cxrviewer.film.display import render
@@ -88,6 +88,9 @@ def main(argv=None) -> int:
                                 **({"settle_from": 0} if args.all_samples else {}))
         overlay_settings = OverlaySettings(colormap=args.colormap, opacity=args.opacity, threshold=args.threshold,
                                            outline_top=args.features)
+        # the names first: a refusal after a minute of LIME would waste the minute
+        out = export_path(args.out or f"{Path(args.film).stem}-{args.method}.png")
+        report = export_path(args.report, REPORT_SUFFIXES) if args.report else None
     except ValueError as e:
         _err(f"cxrviewer explain: {e}")
         return USAGE_ERROR
@@ -123,12 +126,11 @@ def main(argv=None) -> int:
     image = render(film)
     overlay = render_overlay(result, image, overlay_settings)
     out_img = side_by_side(image, overlay) if args.side_by_side else overlay
-    out = Path(args.out) if args.out else Path(f"{Path(args.film).stem}-{args.method}.png")
     try:
         save_overlay_png(out, out_img)
-        if args.report:
+        if report:
             legend = None if result.signed else f"colour map: {args.colormap}, threshold {args.threshold:.2f}"
-            save_report(args.report, image, overlay, result, prediction, model_name=predictor.display_name,
+            save_report(report, image, overlay, result, prediction, model_name=predictor.display_name,
                         model_version=str(predictor.card.get("version", "")), film=film,
                         include_identifiers=args.include_identifiers, legend=legend,
                         outline_floor=outline_floor(overlay_settings.threshold))
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
         _err(f"Cannot write {e.filename or out}: {e.strerror or e}")
         return 1
     took = time.perf_counter() - t0
-    extra = f" and {args.report}" if args.report else ""
+    extra = f" and {report}" if report else ""
     used = (result.settings or {}).get("samples_used")
     how = f" ({used} samples)" if args.method == "lime" and used else ""
     print(f"{args.method} for {result.class_name} (p = {prediction.probs[result.class_index]:.3f}) with "

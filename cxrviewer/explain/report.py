@@ -28,11 +28,28 @@ METHOD_TITLES = {"lime": "LIME superpixels", "gradcam": "Grad-CAM", "attention":
 REPORT_PIXELS = 1400  # longest side of the film images embedded in a report (keeps a PDF to a few MB)
 
 
+OVERLAY_SUFFIXES = (".png",)
+REPORT_SUFFIXES = (".pdf", ".png")
+
+
+def export_path(path, suffixes: Sequence = OVERLAY_SUFFIXES) -> Path:
+    """The file an export writes. A name without an extension gets the first of ``suffixes`` (save dialogs
+    on some desktops return just what was typed); another extension is refused with ``ValueError``: a PNG
+    written as "report.docx" or "overlay.txt" opens as garbage in whatever that extension calls."""
+    path = Path(path)
+    if not path.suffix:
+        return path.with_name(path.name + suffixes[0])
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"cannot save {path.name}: this export is {' or '.join(s[1:].upper() for s in suffixes)}, "
+                         f"so its name must end in {' or '.join(suffixes)}")
+    return path
+
+
 def save_overlay_png(path, rgb: np.ndarray) -> Path:
     """The overlay (or side-by-side image) as a PNG with no text metadata at all."""
     from PIL import Image
 
-    path = Path(path)
+    path = export_path(path)
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(path, format="PNG")
     return path
 
@@ -157,10 +174,10 @@ def build_report_figure(
 
 
 def save_report(path, film_image: np.ndarray, overlay: np.ndarray, explanation, prediction=None, **page) -> Path:
-    """Write the one-page report; the format follows the suffix (.pdf, else PNG). ``page`` takes
-    :func:`build_report_figure`'s keyword arguments; identifiers reach the file's metadata only with
-    ``include_identifiers=True``, as on the page."""
-    path = Path(path)
+    """Write the one-page report; the format follows the suffix (.pdf or .png, see :func:`export_path`).
+    ``page`` takes :func:`build_report_figure`'s keyword arguments; identifiers reach the file's metadata
+    only with ``include_identifiers=True``, as on the page."""
+    path = export_path(path, REPORT_SUFFIXES)
     fig = build_report_figure(film_image, overlay, explanation, prediction, **page)
     film, include_identifiers = page.get("film"), page.get("include_identifiers", False)
     pdf = path.suffix.lower() == ".pdf"

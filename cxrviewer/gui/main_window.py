@@ -1278,8 +1278,20 @@ class MainWindow(QMainWindow):
 
         self._about_dialog = show_about(self)
 
+    def _export_path(self, path: str, suffixes=None) -> Optional[str]:
+        """The name the reader chose, with its extension (``cxrviewer.explain.export_path``), or None and a
+        message where the extension is not one the export writes."""
+        from cxrviewer.explain.report import OVERLAY_SUFFIXES, export_path
+
+        try:
+            return str(export_path(path, suffixes or OVERLAY_SUFFIXES))
+        except ValueError as e:
+            self.show_error(f"Export failed: {e}")
+            return None
+
     def save_view_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save view as PNG", str(Path.home() / "cxr-view.png"), "PNG (*.png)")
+        path = self._export_path(path) if path else None
         if path:
             self.grab().save(path, "PNG")
 
@@ -1297,6 +1309,7 @@ class MainWindow(QMainWindow):
         stem = Path(self.current_path).stem
         path, _ = QFileDialog.getSaveFileName(self, "Export heatmap overlay", str(Path.home() / f"{stem}-overlay.png"),
                                               "PNG (*.png)")
+        path = self._export_path(path) if path else None
         if path:
             self.export_overlay(path, inputs)
 
@@ -1313,8 +1326,12 @@ class MainWindow(QMainWindow):
         if inputs is None:
             return
         dlg = ReportDialog(Path.home() / f"{Path(self.current_path).stem}-report.pdf", self)
-        if dlg.exec() == QDialog.Accepted:
-            self.export_report(dlg.path(), dlg.include_ids.isChecked(), inputs)
+        if dlg.exec() == QDialog.Accepted and dlg.path():
+            from cxrviewer.explain.report import REPORT_SUFFIXES
+
+            path = self._export_path(dlg.path(), REPORT_SUFFIXES)
+            if path:
+                self.export_report(path, dlg.include_ids.isChecked(), inputs)
 
     def export_report(self, path: str, include_identifiers: bool = False, inputs=None) -> None:
         """One page: film, heatmap, probabilities, model and version, date, disclaimer; identifiers only
