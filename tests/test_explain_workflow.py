@@ -221,6 +221,23 @@ def test_report_never_prints_a_probability_as_certain(setup, tmp_path):
     assert "100.0%" not in text and "1.000" not in text and "0.000" not in text
 
 
+def test_report_text_keeps_inside_the_page_margins(setup, tmp_path):
+    """matplotlib's own wrap ran the notes and the disclaimer to the page's very edge, where a printer cuts
+    them off; a long model name ran past it. Every line now ends inside the right margin."""
+    from PIL import Image
+
+    gray, _, pred, film = setup
+    expl = explain(pred, film, "gradcam", 1)
+    overlay = render_overlay(expl, gray, OverlaySettings())
+    name = "MobileNet-Lung retrained on the radiology department's own films, " * 3
+    page = save_report(tmp_path / "r.png", gray, overlay, expl, {"Normal": 0.3, "Pneumonia": 0.7}, model_name=name)
+    ink = np.asarray(Image.open(page).convert("L")) < 128
+    width = ink.shape[1]
+    assert ink[:, int(0.955 * width):].sum() == 0  # the films end at 95% of the width, and so does every line
+    text = pdf_text(save_report(tmp_path / "r.pdf", gray, overlay, expl, {"Normal": 0.3}, model_name=name).read_bytes())
+    assert "Decision support only" in text and text.count("radiology") == 3  # wrapped, nothing dropped
+
+
 def test_overlay_png_and_side_by_side(setup, tmp_path):
     from PIL import Image
 

@@ -26,6 +26,15 @@ from cxrviewer.probability_text import percent
 
 METHOD_TITLES = {"lime": "LIME superpixels", "gradcam": "Grad-CAM", "attention": "Model attention"}
 REPORT_PIXELS = 1400  # longest side of the film images embedded in a report (keeps a PDF to a few MB)
+# characters a line holds between the page's margins (6% each side of A4) at the text's size in points;
+# matplotlib's own wrap runs to the page's edge, where a printer cuts it off
+_CHARS_AT_POINTS = {8: 124, 9: 108, 9.5: 102}
+
+
+def _wrap(lines: Sequence, points: float) -> list:
+    import textwrap
+
+    return [w for line in lines for w in (textwrap.wrap(line, _CHARS_AT_POINTS[points]) or [""])]
 
 
 OVERLAY_SUFFIXES = (".png",)
@@ -121,6 +130,7 @@ def build_report_figure(
         header += _identifier_lines(film)
     elif explanation.film_key:
         header.append(f"Film fingerprint: {explanation.film_key[:12]} (identifiers omitted)")
+    header = _wrap(header, 9.5)
     fig.text(0.06, 0.93, "\n".join(header), fontsize=9.5, va="top", linespacing=1.5)
 
     top = 0.93 - 0.022 * (len(header) + 1)
@@ -168,8 +178,8 @@ def build_report_figure(
     elif explanation.method == "gradcam":
         notes.append("Grad-CAM: where the class score's gradient meets strong activations in the model's last "
                      "spatial layer; coarse by construction.")
-    fig.text(0.06, 0.095, "\n".join(n for n in notes if n), fontsize=8, va="top", wrap=True)
-    fig.text(0.06, 0.04, DISCLAIMER, fontsize=9, style="italic", va="top", wrap=True)
+    fig.text(0.06, 0.095, "\n".join(_wrap([n for n in notes if n], 8)), fontsize=8, va="top")
+    fig.text(0.06, 0.04, "\n".join(_wrap([DISCLAIMER], 9)), fontsize=9, style="italic", va="top")
     return fig
 
 
