@@ -66,6 +66,7 @@ def test_fit_learns_and_writes_a_complete_run(full_run, dataset):
     why = f"the validation split has {n_val} films, fewer than the 20 a temperature needs"
     assert m["temperature_not_fitted"] == why and f"**No temperature was fitted**: {why}." in report
     assert card["training"]["metrics"]["temperature_not_fitted"] == why
+    assert any(e["event"] == "warning" and e["message"].startswith(f"no temperature fitted: {why}") for e in events)
     metrics = json.loads((res.run_dir / "metrics.json").read_text())
     assert metrics["test"]["ece_after_temperature"] is not None and len(metrics["history"]) == 4
     kinds = [e["event"] for e in events]

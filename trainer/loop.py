@@ -734,6 +734,9 @@ def _finish(opts, model, fs, split_ids, spec, normaliser, device, info, progress
     progress.emit("phase", phase="calibrating", done=0, total=1)
     vlogits, vfeats = predict(model, fs.images, val_ids, normaliser, device, features=True)  # features: OOD below
     temperature, not_fitted = calibration_temperature(vlogits, fs.labels[val_ids])
+    if not_fitted:  # for the dialog's warning list; the console's summary line says it too
+        progress.emit("warning", message=f"no temperature fitted: {not_fitted}; the model's percentages are its "
+                                         "own, uncalibrated")
     val_metrics = evaluate_logits(vlogits, fs.labels[val_ids], classes, temperature)
     test_metrics = None
     if len(test_ids):
