@@ -78,7 +78,7 @@ CASES = [
     ("text.dcm", lambda t: b"Patient notes, not an image.\n" * 20, "not a DICOM file or a supported image"),
     ("text.png", lambda t: b"Patient notes, not an image.\n" * 20, "not a PNG image (unrecognised content)"),
     ("text.jpg", lambda t: b"BM but still text, honestly\n" * 5, "not a JPG image (unrecognised content)"),
-    ("noext", lambda t: b"#!/bin/sh\necho hello\n", "not a DICOM file or a supported image"),
+    ("noext", lambda t: b"#!/bin/sh\necho hello\n", "not a DICOM file or a supported image (DICOM, PNG, JPEG, TIFF or BMP)"),
     ("cut_preamble.dcm", lambda t: bytes(100), "truncated DICOM file (it ends inside the header)"),
     (
         "cut_header.dcm",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrviewer.film.types import Film, FilmError, TagRow, VoiLut, Window
+from cxrviewer.film.types import NOT_A_FILM, Film, FilmError, TagRow, VoiLut, Window
 
 # pydicom warns about a damaged file with its full path ("End of file reached ... in file /…/DOE^JOHN/…"),
 # whose folders may name the patient where our messages give only the file name. Reading is forgiving on
@@ -184,7 +184,7 @@ def _read_header(path: Path, head: bytes, notes: list):
     if len(ds) == 0 or not any(k in ds for k in ("Rows", "Columns", "PixelData", "SOPClassUID", "Modality")):
         if head[128:132] == b"DICM":
             raise FilmError(path, "DICOM file without an image header (no Rows, Columns or Pixel Data)")
-        raise FilmError(path, "not a DICOM file or a supported image")
+        raise FilmError(path, NOT_A_FILM)
 
     meta = getattr(ds, "file_meta", None)
     tsuid = meta.get("TransferSyntaxUID") if meta is not None else None

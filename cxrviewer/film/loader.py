@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-from cxrviewer.film.types import Film, FilmError, log_label
+from cxrviewer.film.types import NOT_A_FILM, Film, FilmError, log_label
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _load(p: Path, limit: int) -> Film:
         raise FilmError(p, "truncated DICOM file (it ends inside the header)")
     if p.suffix.lower() in RASTER_EXTENSIONS:
         raise FilmError(p, f"not a {p.suffix.lstrip('.').upper()} image (unrecognised content)")
-    raise FilmError(p, "not a DICOM file or a supported image")
+    raise FilmError(p, NOT_A_FILM)
 
 
 def sniff(head: bytes, suffix: str = "") -> Optional[str]:

@@ -23,6 +23,10 @@ def log_label(path) -> str:
     return "film-" + hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
+#: The reason given for a file that is neither: it names what would open, so the reader knows what to export.
+NOT_A_FILM = "not a DICOM file or a supported image (DICOM, PNG, JPEG, TIFF or BMP)"
+
+
 class FilmError(Exception):
     """A film could not be opened. ``str()`` is the one message shown to the user: file name and reason."""
 
