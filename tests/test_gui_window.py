@@ -430,6 +430,13 @@ def test_heatmap_overlay_drawn_and_restyled_without_recompute(qtbot, tmp_path):
     QTest.mouseClick(win.probs, Qt.LeftButton, Qt.NoModifier, QPoint(40, 28 + 22 + 6 + 10))
     settle(qtbot, win)
     assert win.heat[0][3] == second and win.probs.selected == second
+    # and from the keyboard: C walks down the bars and round to the top, Shift+C back up
+    QTest.keyClick(win, Qt.Key_C)
+    settle(qtbot, win)
+    assert win.heat[0][3] == win.probs.pairs[0][0] == win.probs.selected  # two classes: round to the top
+    QTest.keyClick(win, Qt.Key_C, Qt.ShiftModifier)
+    settle(qtbot, win)
+    assert win.heat[0][3] == second == win.probs.selected
     key = win.heat[0]
     win.heatmap.opacity.setValue(80)
     assert win.heat[0] == key and win.runner.is_idle()

@@ -487,6 +487,8 @@ class MainWindow(QMainWindow):
         v.addSeparator()
         self._act(v, "Heatmap on/off", self.toggle_heatmap, ["O"])
         self._act(v, "Next heatmap method", self.heatmap.cycle_method, ["Shift+O"])
+        self._act(v, "Explain the next class", lambda: self.probs.select_step(+1), ["C"])
+        self._act(v, "Explain the previous class", lambda: self.probs.select_step(-1), ["Shift+C"])
         self.side_action = self._act(v, "Side by side (film | film + heatmap)", lambda *_: None, ["S"],
                                      checkable=True)
         self.side_action.toggled.connect(self._side_by_side)

@@ -97,6 +97,17 @@ class ProbabilityPanel(QWidget):
                 self.classClicked.emit(self.selected)
                 self.update()
 
+    def select_step(self, step: int = 1) -> None:
+        """C / Shift+C: explain the next (previous) class down the bars, wrapping round, as a click on its
+        bar would; from the top class when none has been chosen."""
+        if not self.pairs:
+            return
+        names = [n for n, _ in self.pairs]
+        i = names.index(self.selected) if self.selected in names else 0
+        self.selected = names[(i + step) % len(names)]
+        self.classClicked.emit(self.selected)
+        self.update()
+
     def readouts(self) -> list:
         """(class, probability, the text beside its bar), highest first: what the panel paints."""
         return [(name, prob, percent(prob)) for name, prob in self.pairs]
