@@ -91,6 +91,28 @@ def test_split_is_grouped_stratified_and_reproducible(dataset):
     assert np.array_equal(back, ids)
 
 
+def test_a_class_missing_from_validation_or_test_is_said_when_training_starts(tmp_path):
+    """Two films of a rare class all go to training: validation and test cannot see it. The run says so as
+    it starts (console and the dialog's warnings), not only in the report at its end."""
+    from trainer.loop import FitOptions, prepare_data
+    from trainer.progress import Progress
+
+    rng = np.random.default_rng(0)
+    for ci, (name, n) in enumerate((("Common", 20), ("Rare", 2))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(pattern(ci, rng, 32)).save(tmp_path / "data" / name / f"{name}{i}.png")
+    events = tmp_path / "events.jsonl"
+    progress = Progress.from_target(str(events), quiet=True)
+    fs, ids, origin = prepare_data(FitOptions(data=tmp_path / "data", out=tmp_path / "run",
+                                              recipe=apply_overrides(get_recipe("smoke"), {"input_size": 32})), progress)
+    progress.close()
+    assert origin == "computed" and set(fs.labels[ids != 0].tolist()) == {0}
+    warned = [json.loads(x)["message"] for x in events.read_text().splitlines() if '"warning"' in x]
+    assert warned == [f"the {s} split has no film of 'Rare' (too few patients): its metrics say nothing about that "
+                      "class" for s in ("val", "test")]
+
+
 def test_group_split_keeps_large_patients_whole():
     labels = np.array([0] * 30 + [1] * 30)
     groups = [f"a{i // 6}" for i in range(30)] + [f"b{i // 3}" for i in range(30)]

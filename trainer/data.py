@@ -521,16 +521,21 @@ def split_films(fs: FilmSet, ratios, seed: int) -> np.ndarray:
 
 
 def check_split(fs: FilmSet, ids: np.ndarray) -> None:
+    """Refuse a split that cannot train; note a class missing from validation or test, whose metrics then
+    say nothing about it (an empty test split is a choice of ratios, not a problem)."""
     k = len(fs.classes)
-    for s, name in ((0, "train"), (1, "val")):
+    for s, name in ((0, "train"), (1, "val"), (2, "test")):
         present = set(fs.labels[ids == s].tolist())
+        if not present and name == "test":
+            continue
         if not present:
             raise DataError(f"too few patients to make a {name} split; add films or change the split ratios")
         missing = [fs.classes[c] for c in range(k) if c not in present]
         if missing and name == "train":
             raise DataError(f"class {', '.join(map(repr, missing))} has no patient left for training; add films")
         if missing:
-            fs.source.problems.append(f"the {name} split has no film of {', '.join(map(repr, missing))} (too few patients)")
+            fs.source.problems.append(f"the {name} split has no film of {', '.join(map(repr, missing))} (too few "
+                                      "patients): its metrics say nothing about that class")
 
 
 def split_to_json(fs: FilmSet, ids: np.ndarray, seed: int, ratios) -> dict:

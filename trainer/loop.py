@@ -410,12 +410,18 @@ def prepare_data(opts: FitOptions, progress: Progress) -> tuple:
         raise D.DataError(f"the decoded films are {fs.images.shape[1]} px but the recipe asks for {r.input_size}")
     if opts.split_ids is not None:
         return fs, np.asarray(opts.split_ids), "given"
+    seen = len(fs.source.problems)
     resume_split = Path(opts.out) / "split.json"
     if opts.resume and resume_split.is_file():
-        return fs, D.split_from_json(fs, json.loads(resume_split.read_text())), "resumed run"
-    if opts.split_file:
-        return fs, D.split_from_json(fs, json.loads(Path(opts.split_file).read_text())), str(opts.split_file)
-    return fs, D.split_films(fs, r.split, opts.seed), "computed"
+        split_ids, origin = D.split_from_json(fs, json.loads(resume_split.read_text())), "resumed run"
+    elif opts.split_file:
+        split_ids, origin = D.split_from_json(fs, json.loads(Path(opts.split_file).read_text())), str(opts.split_file)
+    else:
+        split_ids, origin = D.split_films(fs, r.split, opts.seed), "computed"
+    for problem in fs.source.problems[seen:]:  # a class missing from validation or test: said now, not only
+        progress.emit("warning", message=problem)  # in the report at the end
+        progress.say(f"warning: {problem}")
+    return fs, split_ids, origin
 
 
 def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
