@@ -113,6 +113,33 @@ def test_a_class_missing_from_validation_or_test_is_said_when_training_starts(tm
                       "class" for s in ("val", "test")]
 
 
+def test_a_film_listed_twice_in_a_csv_is_used_once_and_one_with_two_labels_not_at_all(dataset, tmp_path):
+    """A spreadsheet export lists a film twice: with the same label it counted twice, with two labels the
+    network was taught both answers for one film. Now: once, or not at all, and the run says so as it starts."""
+    from trainer.loop import FitOptions, prepare_data
+    from trainer.progress import Progress
+
+    films = {c: sorted((dataset / c).glob("pat*.png"))[:8] for c in CLASSES}
+    rows = ["path,label"] + [f"{p.as_posix()},{c}" for c, ps in films.items() for p in ps]
+    twice, torn = films["Alpha"][0], films["Beta"][0]
+    rows += [f"{twice.as_posix()},Alpha", f"{torn.as_posix()},Gamma"]
+    listing = tmp_path / "labels.csv"
+    listing.write_text("\n".join(rows))
+    src = D.discover(listing)
+    assert len(src.samples) == 24 - 1 and torn not in [s.path for s in src.samples]
+    assert sorted(s.path for s in src.samples).count(twice) == 1
+    assert f"labels.csv line 26: {twice.as_posix()} is listed again (line 2); used once" in src.problems
+    assert (f"labels.csv line 27: {torn.as_posix()} is labelled 'Gamma' here and 'Beta' on line 10; skipped, "
+            "both times") in src.problems
+    events = tmp_path / "events.jsonl"
+    progress = Progress.from_target(str(events), quiet=True)
+    prepare_data(FitOptions(data=listing, out=tmp_path / "run",
+                            recipe=apply_overrides(get_recipe("smoke"), {"input_size": 32})), progress)
+    progress.close()
+    warned = [json.loads(x)["message"] for x in events.read_text().splitlines() if '"warning"' in x]
+    assert [w for w in warned if "labels.csv line" in w] == [p for p in src.problems if "labels.csv line" in p]
+
+
 def test_group_split_keeps_large_patients_whole():
     labels = np.array([0] * 30 + [1] * 30)
     groups = [f"a{i // 6}" for i in range(30)] + [f"b{i // 3}" for i in range(30)]

@@ -269,9 +269,10 @@ def _read_csv(path: Path, problems: list) -> DataSource:
     else:
         ip, il, ipat = 0, 1, (2 if len(rows[0]) >= 3 else None)
         body = rows
-    labels_seen: list = []
     entries = []
     missing = []
+    first: dict = {}  # the file (resolved) -> (line, label) where it was first listed
+    conflicting: set = set()
     for n, r in enumerate(body, start=2 if body is not rows else 1):
         if len(r) <= max(ip, il):
             problems.append(f"{path.name} line {n}: expected path,label; skipped")
@@ -285,14 +286,24 @@ def _read_csv(path: Path, problems: list) -> DataSource:
         if not p.is_file():
             missing.append(rel)
             continue
-        if lab not in labels_seen:
-            labels_seen.append(lab)
+        key = p.resolve()
+        if key in first:  # listed twice: once is enough; with two labels it would teach both answers
+            line, label = first[key]
+            if label == lab:
+                problems.append(f"{path.name} line {n}: {rel} is listed again (line {line}); used once")
+            else:
+                conflicting.add(key)
+                problems.append(f"{path.name} line {n}: {rel} is labelled {lab!r} here and {label!r} on line "
+                                f"{line}; skipped, both times")
+            continue
+        first[key] = (n, lab)
         pat = r[ipat].strip() if ipat is not None and ipat < len(r) and r[ipat].strip() else None
         entries.append((p, lab, pat))
+    entries = [e for e in entries if e[0].resolve() not in conflicting]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         problems.append(f"{len(missing)} file(s) listed in {path.name} do not exist: {shown}")
-    classes = sorted(labels_seen)
+    classes = sorted({lab for _, lab, _ in entries})
     samples = []
     for p, lab, pat in entries:
         try:

@@ -402,10 +402,14 @@ def prepare_data(opts: FitOptions, progress: Progress) -> tuple:
         src = D.discover(opts.data, opts.patient_pattern, opts.merge_classes)
         progress.emit("phase", phase="loading", done=0, total=len(src.samples))
         progress.say(f"loading {len(src.samples)} films from {src.origin} ({src.kind}, {len(src.classes)} classes)")
+        for problem in src.problems:  # ignored files, CSV rows skipped, a film listed with two labels
+            progress.emit("warning", message=problem)
+            progress.say(f"warning: {problem}")
         fs = D.decode(src, r.input_size, r.resize, workers=opts.decode_workers or None,
                       on_progress=lambda d, n: progress.emit("phase", phase="loading", done=d, total=n))
         for rel, why in fs.skipped:
             progress.emit("warning", message=f"skipped {rel}: {why}")
+            progress.say(f"warning: skipped {rel}: {why}")
     elif fs.images.shape[1] != r.input_size:
         raise D.DataError(f"the decoded films are {fs.images.shape[1]} px but the recipe asks for {r.input_size}")
     if opts.split_ids is not None:
