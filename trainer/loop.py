@@ -403,13 +403,11 @@ def prepare_data(opts: FitOptions, progress: Progress) -> tuple:
         progress.emit("phase", phase="loading", done=0, total=len(src.samples))
         progress.say(f"loading {len(src.samples)} films from {src.origin} ({src.kind}, {len(src.classes)} classes)")
         for problem in src.problems:  # ignored files, CSV rows skipped, a film listed with two labels
-            progress.emit("warning", message=problem)
-            progress.say(f"warning: {problem}")
+            progress.warn(problem)
         fs = D.decode(src, r.input_size, r.resize, workers=opts.decode_workers or None,
                       on_progress=lambda d, n: progress.emit("phase", phase="loading", done=d, total=n))
         for rel, why in fs.skipped:
-            progress.emit("warning", message=f"skipped {rel}: {why}")
-            progress.say(f"warning: skipped {rel}: {why}")
+            progress.warn(f"skipped {rel}: {why}")
     elif fs.images.shape[1] != r.input_size:
         raise D.DataError(f"the decoded films are {fs.images.shape[1]} px but the recipe asks for {r.input_size}")
     if opts.split_ids is not None:
@@ -422,9 +420,8 @@ def prepare_data(opts: FitOptions, progress: Progress) -> tuple:
         split_ids, origin = D.split_from_json(fs, json.loads(Path(opts.split_file).read_text())), str(opts.split_file)
     else:
         split_ids, origin = D.split_films(fs, r.split, opts.seed), "computed"
-    for problem in fs.source.problems[seen:]:  # a class missing from validation or test: said now, not only
-        progress.emit("warning", message=problem)  # in the report at the end
-        progress.say(f"warning: {problem}")
+    for problem in fs.source.problems[seen:]:  # a class missing from validation or test: now, not only in the
+        progress.warn(problem)  # report at the end
     return fs, split_ids, origin
 
 
@@ -446,8 +443,7 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
     else:
         device = select_device(opts.device, notices)
     for n in notices:
-        progress.emit("warning", message=n)
-        progress.say(f"warning: {n}")
+        progress.warn(n)
     if opts.resume and not (run_dir / STATE_FILE).is_file():
         raise StateError(f"nothing to resume in {run_dir}: {STATE_FILE} not found")
     if not opts.resume and (run_dir / STATE_FILE).exists():
@@ -481,8 +477,7 @@ def fit(opts: FitOptions, progress: Optional[Progress] = None) -> FitResult:
     report = getattr(model, "pretrained_report", None)
     if report is not None and report.random_init:  # asked for pretrained weights, got none (offline, no file)
         message = f"pretrained weights unavailable ({report.note or report.source}); training from RANDOM weights"
-        progress.emit("warning", message=message)
-        progress.say(f"warning: {message}")
+        progress.warn(message)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, r)
     scheduler = make_scheduler(optimizer, r)
@@ -723,7 +718,7 @@ def _ood_stats(model, fs, train_ids, val_ids, normaliser, device, progress, val_
         return fit_ood_stats(train_features=tf, train_labels=fs.labels[ids], val_features=val_features,
                              val_labels=fs.labels[val_ids], classes=list(fs.classes)), ""
     except Exception as e:  # the guard is an extra: its failure must not lose a finished training run
-        progress.emit("warning", message=f"out-of-distribution statistics not stored: {e}")
+        progress.warn(f"out-of-distribution statistics not stored: {e}")
         return None, str(e)
 
 

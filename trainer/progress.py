@@ -95,6 +95,11 @@ class Progress:
             f" | lr {fields['lr']:.3g}{'  *best*' if fields.get('best') else ''} | ETA {format_eta(fields.get('eta_s'))}"
         )
 
+    def warn(self, message: str) -> None:
+        """A ``warning`` event (the training dialog lists them) and the same line on the console."""
+        self.emit("warning", message=message)
+        self.say(f"warning: {message}")
+
     def say(self, text: str) -> None:
         if self.human is None:
             return
