@@ -4,7 +4,10 @@
 
 Output goes to stdout (a table; CSV when a folder is given; a JSON list with ``--json``), problems to
 stderr, one line each, so a pipeline keeps the good rows. Films are named by file name only: folder names
-and DICOM headers can carry patient identifiers, and this output is meant to be pasted and shared.
+and DICOM headers can carry patient identifiers, and this output is meant to be pasted and shared. Where two
+films share a name (IM0001.dcm in every series folder of a PACS export) the rows cannot be told apart, so
+stderr says so, and ``--paths`` names each film by its path as given (the reader's choice, as with a report's
+identifiers).
 
 Exit status: 0 all films predicted; 1 some film (or the model) could not be used; 2 usage error (bad
 arguments, no such model).
@@ -30,11 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="DEV", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--csv", metavar="OUT", help="also write the results as CSV to OUT")
+    p.add_argument("--paths", action="store_true",
+                   help="name films by their path (a folder as given, then the folders under it) instead of the file "
+                        "name alone; folder names can carry patient identifiers, so this is off by default")
     return p
 
 
 def _expand(inputs) -> tuple:
-    """Films to run, in order, and whether any argument was a folder (-> CSV output)."""
+    """Films to run, in order (a folder's as the folder was typed, then the path under it: what ``--paths``
+    shows), whether any argument was a folder (-> CSV output), and the arguments that do not exist."""
     from cxrviewer.film.loader import iter_films
 
     films, any_folder, missing = [], False, []
@@ -95,6 +102,12 @@ def main(argv=None) -> int:
     if isinstance(predictor, int):
         return predictor
 
+    if not args.paths:
+        names = [p.name for p in films]
+        shared = sorted({n for n in names if names.count(n) > 1})
+        if shared:
+            _err(f"note: {len(shared)} file name(s) are shared by films in different folders ({', '.join(shared[:3])}"
+                 f"{' …' if len(shared) > 3 else ''}), so their rows look alike; --paths names films by their path")
     rows = []
     seen_notices = len(predictor.notices)
     for p in films:
@@ -113,7 +126,7 @@ def main(argv=None) -> int:
             for n in predictor.notices[seen_notices:]:  # e.g. the GPU failed and the CPU took over
                 _err(f"note: {n}")
             seen_notices = len(predictor.notices)
-        row = {"file": p.name, **pred.to_dict()}
+        row = {"file": p.as_posix() if args.paths else p.name, **pred.to_dict()}
         row.pop("device", None)
         rows.append(row)
 

@@ -109,6 +109,23 @@ def test_no_patient_identifiers_in_output(model, tmp_path, capsys):
         assert "DOE" not in text and "JOHN" not in text and "123-45-678" not in text
 
 
+def test_films_that_share_a_name_are_told_apart_on_request(model, tmp_path, capsys, monkeypatch):
+    """A PACS export has IM0001 in every series folder: the rows, named by file name for privacy, look alike.
+    The run says so, and --paths names each film by its path (the folder as typed, then the path under it)."""
+    for series, seed in (("s1", 1), ("s2", 2)):
+        (tmp_path / "export" / series).mkdir(parents=True)
+        write_png(tmp_path / "export" / series / "IM0001.png", seed=seed)
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "export", "--model", str(model), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["file"] for r in json.loads(out)] == ["IM0001.png", "IM0001.png"]
+    assert "note: 1 file name(s) are shared by films in different folders (IM0001.png)" in err and "--paths" in err
+    assert main(["predict", "export", "--model", str(model), "--json", "--paths"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["file"] for r in json.loads(out)] == ["export/s1/IM0001.png", "export/s2/IM0001.png"]
+    assert "shared" not in err
+
+
 def _write_dicom(path):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
