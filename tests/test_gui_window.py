@@ -494,6 +494,26 @@ def test_the_model_card_says_when_no_temperature_was_fitted():
                                                       "mobilenet_lung", meta))
 
 
+def test_an_uncalibrated_model_says_so_beside_its_percentages(qtbot, tmp_path):
+    """A model trained on a small folder has no temperature: the reading panel says so on every film, where
+    the reader looks, not only in the card."""
+
+    class Uncalibrated(FakeBackend):
+        def discover(self):
+            choice = super().discover()[0]
+            choice.metadata["training"]["metrics"]["temperature_not_fitted"] = "the validation split has 7 films"
+            return [choice]
+
+    film = png(tmp_path / "f.png", gradient(90, 60))
+    for backend, said in ((FakeBackend(), False), (Uncalibrated(), True)):
+        win = make_window(qtbot, backend)
+        open_and_wait(qtbot, win, film)
+        assert win.probs.state == "ready"
+        assert ("This model's percentages are not calibrated" in win.probs.caution) == said, win.probs.caution
+        bars = 28 + 2 * 28  # the model's name and two bars
+        assert win.probs.height() > bars + 30 if said else win.probs.height() == bars  # room for the sentence
+
+
 def test_tools_menu_opens_the_trainer_dialog(qtbot):
     pytest.importorskip("cxrviewer.gui.train_dialog")
     win = make_window(qtbot)

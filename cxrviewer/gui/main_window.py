@@ -974,8 +974,9 @@ class MainWindow(QMainWindow):
 
     def _show_prediction(self, result: PredictionResult) -> None:
         self.prediction = result
+        caution = self.model.calibration_caution()
         self.probs.set_probabilities(result.classes, result.probs, self.model.label(), result.ood,
-                                     result.header_evidence)
+                                     tuple(result.header_evidence or ()) + ((caution,) if caution else ()))
         if result.notices:
             self.notices.setText("\n".join(result.notices))
             self.notices.show()
