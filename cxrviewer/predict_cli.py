@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from cxrviewer.cli_support import Parser, err as _err, open_predictor, parse_args
@@ -103,8 +104,7 @@ def main(argv=None) -> int:
         return predictor
 
     if not args.paths:
-        names = [p.name for p in films]
-        shared = sorted({n for n in names if names.count(n) > 1})
+        shared = sorted(n for n, k in Counter(p.name for p in films).items() if k > 1)
         if shared:
             _err(f"note: {len(shared)} file name(s) are shared by films in different folders ({', '.join(shared[:3])}"
                  f"{' …' if len(shared) > 3 else ''}), so their rows look alike; --paths names films by their path")

@@ -298,16 +298,17 @@ def _read_csv(path: Path, problems: list) -> DataSource:
             continue
         first[key] = (n, lab)
         pat = r[ipat].strip() if ipat is not None and ipat < len(r) and r[ipat].strip() else None
-        entries.append((p, lab, pat))
-    entries = [e for e in entries if e[0].resolve() not in conflicting]
+        entries.append((p, key, lab, pat))
+    entries = [e for e in entries if e[1] not in conflicting]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         problems.append(f"{len(missing)} file(s) listed in {path.name} do not exist: {shown}")
-    classes = sorted({lab for _, lab, _ in entries})
+    classes = sorted({lab for _, _, lab, _ in entries})
     samples = []
-    for p, lab, pat in entries:
+    root_resolved = root.resolve()
+    for p, key, lab, pat in entries:
         try:
-            rel = p.resolve().relative_to(root.resolve()).as_posix()
+            rel = key.relative_to(root_resolved).as_posix()
         except ValueError:
             rel = p.as_posix()
         samples.append(Sample(p, rel, classes.index(lab), patient=pat))

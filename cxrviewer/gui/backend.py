@@ -39,11 +39,15 @@ class ModelChoice:
         version = self.metadata.get("version")
         return f"{self.display_name}" + (f" · v{version}" if version else "")
 
+    @property
+    def temperature_not_fitted(self) -> str:
+        """Why the trainer fitted no temperature (``trainer.metrics.calibration_temperature``), or ""."""
+        return ((self.metadata.get("training") or {}).get("metrics") or {}).get("temperature_not_fitted") or ""
+
     def calibration_caution(self) -> str:
-        """A sentence for the reading panel when the trainer fitted no temperature (``trainer.metrics.
-        calibration_temperature``): the reader sees the percentages on every film, the card only when asked."""
-        metrics = (self.metadata.get("training") or {}).get("metrics") or {}
-        if not metrics.get("temperature_not_fitted"):
+        """A sentence for the reading panel when the trainer fitted no temperature: the reader sees the
+        percentages on every film, the card only when asked."""
+        if not self.temperature_not_fitted:
             return ""
         return ("This model's percentages are not calibrated (its training fitted no temperature; see the model "
                 "card): read them as a ranking of the classes.")

@@ -163,7 +163,7 @@ def card_html(choice) -> str:
     if ages:
         facts.append(("Trained on ages", f"{ages} (years)"))
     if meta.get("temperature") not in (None, ""):
-        why_not = (training.get("metrics") or {}).get("temperature_not_fitted")
+        why_not = choice.temperature_not_fitted
         facts.append(("Calibration temperature", _num(meta.get("temperature"))
                       + (f" (none fitted: {why_not}; the percentages are the network's own, often overconfident)"
                          if why_not else "")))
